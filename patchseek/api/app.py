@@ -1,0 +1,90 @@
+"""The FastAPI application: ``create_app(settings=None)``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import patchseek
+from patchseek.api.deps import require_api_key
+from patchseek.api.routers import collections, documents, health, jobs, search, units
+from patchseek.api.services import (
+    CollectionService,
+    IngestService,
+    JobService,
+    SearchService,
+    ServiceContext,
+    Worker,
+)
+from patchseek.config import Settings
+from patchseek.errors import PatchseekError
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. The lifespan opens the database (running migrations), the stores and, unless
+    ``worker_in_process`` is off, a background worker that runs queued ingest jobs."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ctx = ServiceContext.from_settings(settings)
+        app.state.ctx = ctx
+        app.state.collections = CollectionService(ctx)
+        app.state.ingest = IngestService(ctx)
+        app.state.jobs = JobService(ctx)
+        app.state.search = SearchService(ctx)
+        app.state.worker = None
+        if settings.worker_in_process:
+            app.state.jobs.requeue_stale()
+            app.state.worker = Worker(ctx)
+            app.state.worker.start()
+        try:
+            yield
+        finally:
+            if app.state.worker is not None:
+                app.state.worker.stop()
+                app.state.worker.join(timeout=30)
+            ctx.close()
+
+    app = FastAPI(
+        title="patchseek",
+        version=patchseek.__version__,
+        description="Multi-vector visual retrieval over PDFs, images and videos.",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(PatchseekError)
+    async def _patchseek_error(_: Request, exc: PatchseekError) -> JSONResponse:
+        if exc.status_code >= 500:
+            log.error("request failed: %s", exc)
+        return JSONResponse({"detail": str(exc), "code": exc.code}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return JSONResponse(
+            {"detail": f"{where}: {first.get('msg', 'invalid request')}", "code": "invalid_request",
+             "errors": [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in errors]},
+            status_code=422,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse({"detail": str(exc.detail), "code": code}, status_code=exc.status_code)
+
+    app.include_router(health.router)
+    secured = [Depends(require_api_key)]
+    for module in (collections, documents, jobs, search, units):
+        app.include_router(module.router, dependencies=secured)
+    return app

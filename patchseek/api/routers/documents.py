@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Query, Request, Response, UploadFile, status
+from sqlalchemy import select
+
+from patchseek.api.db.models import Document, Unit
+from patchseek.api.deps import ContextDep, IngestServiceDep
+from patchseek.api.routers._views import document_detail, document_public, job_public
+from patchseek.api.schemas import DocumentDetail, DocumentPublic, JobPublic
+from patchseek.api.services.collections import get_collection
+from patchseek.errors import NotFoundError, PayloadTooLargeError
+
+router = APIRouter(prefix="/v1/collections/{name}/documents", tags=["documents"])
+_CHUNK = 1 << 20
+
+
+def _read_limited(upload: UploadFile, limit: int) -> bytes:
+    """Read an upload, refusing it as soon as it passes ``limit`` bytes."""
+    chunks, size = [], 0
+    while chunk := upload.file.read(_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(
+                f"{upload.filename!r} is over the upload limit of {limit} bytes (PATCHSEEK_MAX_UPLOAD_BYTES)"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post("", response_model=JobPublic, status_code=status.HTTP_202_ACCEPTED)
+def upload_documents(
+    name: str,
+    request: Request,
+    response: Response,
+    files: Annotated[list[UploadFile], File(description="PDFs, images or videos")],
+    service: IngestServiceDep,
+    wait: Annotated[bool, Query(description="ingest before answering (200) instead of queueing (202)")] = False,
+) -> JobPublic:
+    """Upload files and ingest them in a job; poll ``/v1/jobs/{id}`` unless ``wait=true``."""
+    limit = service.ctx.settings.max_upload_bytes
+    payload = [(f.filename or "upload", _read_limited(f, limit)) for f in files]
+    job = service.submit(name, payload, status="running" if wait else "queued")
+    if wait and job.status == "running":
+        job = service.run_job(job.id)
+        response.status_code = status.HTTP_200_OK
+    elif (worker := getattr(request.app.state, "worker", None)) is not None:
+        worker.wake()
+    return job_public(job, name)
+
+
+@router.get("", response_model=list[DocumentPublic])
+def list_documents(
+    name: str,
+    ctx: ContextDep,
+    status_filter: Annotated[str | None, Query(alias="status", pattern="^(pending|ready|failed)$")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[DocumentPublic]:
+    with ctx.db.session() as session:
+        collection = get_collection(session, name)
+        stmt = select(Document).where(Document.collection_id == collection.id)
+        if status_filter:
+            stmt = stmt.where(Document.status == status_filter)
+        docs = session.scalars(stmt.order_by(Document.id).offset(offset).limit(limit)).all()
+        return [document_public(d, name) for d in docs]
+
+
+@router.get("/{document_id}", response_model=DocumentDetail)
+def get_document(name: str, document_id: int, ctx: ContextDep) -> DocumentDetail:
+    with ctx.db.session() as session:
+        collection = get_collection(session, name)
+        doc = session.get(Document, document_id)
+        if doc is None or doc.collection_id != collection.id:
+            raise NotFoundError(f"document {document_id} is not in collection {name!r}")
+        units = session.scalars(select(Unit).where(Unit.document_id == doc.id).order_by(Unit.ordinal)).all()
+        return document_detail(doc, name, list(units))
+
+
+@router.delete("/{document_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_document(name: str, document_id: int, service: IngestServiceDep) -> None:
+    service.delete_document(name, document_id)

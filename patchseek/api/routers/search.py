@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import base64
+import binascii
+
+from fastapi import APIRouter
+
+from patchseek.api.deps import SearchServiceDep
+from patchseek.api.routers._views import unit_urls
+from patchseek.api.schemas import SearchHit, SearchRequest, SearchResponse
+from patchseek.errors import InvalidInputError
+
+router = APIRouter(prefix="/v1/collections/{name}/search", tags=["search"])
+
+
+@router.post("", response_model=SearchResponse)
+def search(name: str, body: SearchRequest, service: SearchServiceDep) -> SearchResponse:
+    image = None
+    if body.image_base64 is not None:
+        try:
+            image = base64.b64decode(body.image_base64, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidInputError("image_base64 is not valid base64") from exc
+    result = service.search(
+        name, query=body.query, image=image, top_k=body.top_k, document_ids=body.document_ids,
+        media_types=body.media_types,
+    )
+    hits = []
+    for h in result.hits:
+        image_url, thumbnail_url = unit_urls(h.unit_id)
+        hits.append(
+            SearchHit(
+                unit_id=h.unit_id, document_id=h.document_id, document=h.document, media_type=h.media_type,
+                kind=h.kind, page=h.page, t_start=h.t_start, t_end=h.t_end, score=h.score, text=h.text,
+                image_url=image_url, thumbnail_url=thumbnail_url,
+            )
+        )
+    return SearchResponse(query=result.query, hits=hits, took_ms=result.took_ms, units_searched=result.n_units)

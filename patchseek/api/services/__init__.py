@@ -1,0 +1,21 @@
+"""Services: the logic behind the API and the CLI. They raise ``PatchseekError``s, never HTTP errors."""
+
+from __future__ import annotations
+
+from patchseek.api.services.collections import CollectionService
+from patchseek.api.services.context import ServiceContext
+from patchseek.api.services.ingest import DocumentResult, IngestService
+from patchseek.api.services.jobs import JobService, Worker
+from patchseek.api.services.search import Hit, SearchResult, SearchService
+
+__all__ = [
+    "CollectionService",
+    "DocumentResult",
+    "Hit",
+    "IngestService",
+    "JobService",
+    "SearchResult",
+    "SearchService",
+    "ServiceContext",
+    "Worker",
+]

@@ -1,0 +1,62 @@
+"""What every service needs, built once per process from ``Settings``."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from patchseek.api.db.session import Database
+from patchseek.config import Settings
+from patchseek.errors import InvalidInputError
+from patchseek.indexer.blobs import BlobStore
+from patchseek.indexer.encoders import Encoder, load_encoder
+from patchseek.indexer.sources import ReadOptions
+from patchseek.search.store import SegmentStore
+
+
+@dataclass
+class ServiceContext:
+    """Database, stores and lazily loaded encoders (one per encoder spec, shared by all requests)."""
+
+    settings: Settings
+    db: Database
+    blobs: BlobStore
+    segments: SegmentStore
+    _encoders: dict[str, Encoder] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, upgrade: bool = True) -> ServiceContext:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        return cls(
+            settings=settings,
+            db=Database(settings.resolved_database_url, upgrade=upgrade),
+            blobs=BlobStore(settings.blob_dir),
+            segments=SegmentStore(settings.segment_dir),
+        )
+
+    @property
+    def read_options(self) -> ReadOptions:
+        s = self.settings
+        return ReadOptions(
+            pdf_dpi=s.pdf_dpi,
+            max_pages=s.max_pages,
+            image_max_side=s.image_max_side,
+            video_interval=s.video_interval,
+            video_max_frames=s.video_max_frames,
+        )
+
+    def encoder(self, spec: str | None = None) -> Encoder:
+        """The encoder for ``spec`` (a collection's recorded encoder); loaded once per process."""
+        spec = spec or self.settings.encoder
+        with self._lock:
+            if spec not in self._encoders:
+                self._encoders[spec] = load_encoder(self.settings.model_copy(update={"encoder": spec}))
+            return self._encoders[spec]
+
+    def check_encoder_spec(self, spec: str) -> None:
+        if not spec or len(spec) > 512:
+            raise InvalidInputError("encoder must be 'lexical' or a colpali-engine model id / local path")
+
+    def close(self) -> None:
+        self.db.dispose()

@@ -1,0 +1,295 @@
+"""Ingestion: uploads become documents, documents become units and segment rows, in one commit.
+
+A document is invisible to search until the transaction that inserts its units and bumps the
+collection's generation commits; segment files are written before that. A failure (corrupt, encrypted,
+unsupported file, or an unexpected error) marks that one document failed with a code and a message;
+the rest of the job goes on and nothing of the failed document is visible.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from PIL import Image
+from sqlalchemy import select, update
+
+from patchseek.api.db.models import Collection, Document, Job, Unit, utcnow
+from patchseek.api.services.collections import active_version, get_collection
+from patchseek.api.services.context import ServiceContext
+from patchseek.errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    PatchseekError,
+    PayloadTooLargeError,
+)
+from patchseek.indexer.sources import read_units
+from patchseek.types import PatchBag, SourceUnit
+
+log = logging.getLogger(__name__)
+
+DocumentProgress = Callable[[str, int], None]  # (filename, units done)
+
+
+@dataclass(frozen=True)
+class DocumentResult:
+    """Outcome of one file of an ingest call."""
+
+    filename: str
+    status: str  # ready | failed | duplicate
+    document_id: int | None = None
+    n_units: int = 0
+    media_type: str | None = None
+    error: str | None = None
+    code: str | None = None
+    duplicate_of: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _encode_image(image: Image.Image, *, max_side: int | None = None, quality: int = 90) -> bytes:
+    if max_side is not None:
+        image = image.copy()
+        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="JPEG", quality=quality, optimize=True)
+    return buf.getvalue()
+
+
+class IngestService:
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+
+    # -- submission -------------------------------------------------------------------------------
+
+    def submit(
+        self, collection_name: str, files: Sequence[tuple[str, bytes]], *, status: str = "queued"
+    ) -> Job:
+        """Store the files' bytes and queue one ingest job for them.
+
+        Files whose bytes are already in the collection (ready or pending) are not ingested again; the
+        job's result lists them as duplicates. ``status="running"`` creates a job the caller runs itself
+        (the CLI), so no worker claims it.
+        """
+        if not files:
+            raise InvalidInputError("no files were given")
+        limit = self.ctx.settings.max_upload_bytes
+        for filename, data in files:
+            if len(data) > limit:
+                raise PayloadTooLargeError(
+                    f"{filename!r} is {len(data)} bytes, over the upload limit of {limit} bytes"
+                )
+        with self.ctx.db.session() as session:
+            collection = get_collection(session, collection_name)
+            job = Job(
+                collection_id=collection.id, kind="ingest", status=status, payload={}, result={},
+                started_at=utcnow() if status == "running" else None,
+            )
+            session.add(job)
+            session.flush()
+            duplicates: list[dict[str, Any]] = []
+            document_ids: list[int] = []
+            seen: dict[str, int] = {}
+            for filename, data in files:
+                key = self.ctx.blobs.put(data)
+                existing = seen.get(key) or session.scalar(
+                    select(Document.id).where(
+                        Document.collection_id == collection.id,
+                        Document.sha256 == key,
+                        Document.status.in_(("ready", "pending")),
+                    )
+                )
+                if existing is not None:
+                    duplicates.append(
+                        DocumentResult(
+                            filename=filename, status="duplicate", duplicate_of=int(existing),
+                            error="the same bytes are already in this collection", code="duplicate",
+                        ).to_dict()
+                    )
+                    continue
+                doc = Document(
+                    collection_id=collection.id,
+                    filename=_safe_filename(filename),
+                    sha256=key,
+                    size_bytes=len(data),
+                    status="pending",
+                    job_id=job.id,
+                    meta={},
+                )
+                session.add(doc)
+                session.flush()
+                seen[key] = doc.id
+                document_ids.append(doc.id)
+            job.payload = {"document_ids": document_ids}
+            job.result = {"documents": duplicates}
+            job.total = len(document_ids)
+            if not document_ids:
+                job.status = "succeeded"
+                job.finished_at = utcnow()
+            return job
+
+    # -- processing -------------------------------------------------------------------------------
+
+    def run_job(self, job_id: int, progress: DocumentProgress | None = None) -> Job:
+        """Ingest every pending document of a claimed job, recording per-document results."""
+        with self.ctx.db.session() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                raise NotFoundError(f"job {job_id} does not exist")
+            document_ids = list(job.payload.get("document_ids", []))
+        for document_id in document_ids:
+            with self.ctx.db.session() as session:
+                job = session.get(Job, job_id)
+                if job is None or job.status == "cancelled":
+                    break
+                doc = session.get(Document, document_id)
+                if doc is None or doc.status != "pending":
+                    continue
+            result = self.ingest_document(document_id, progress=progress)
+            with self.ctx.db.session() as session:
+                job = session.get(Job, job_id)
+                if job is None:
+                    break
+                job.result = {"documents": [*job.result.get("documents", []), result.to_dict()]}
+                job.progress = job.progress + 1
+        with self.ctx.db.session() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                raise NotFoundError(f"job {job_id} was deleted while it ran")
+            if job.status != "cancelled":
+                statuses = [d["status"] for d in job.result.get("documents", [])]
+                failed = statuses.count("failed")
+                ok = len(statuses) - failed
+                job.status = "failed" if failed and not ok else "partial" if failed else "succeeded"
+            if job.status == "cancelled":
+                # Documents that never started are dropped with the job's cancellation.
+                for doc in session.scalars(
+                    select(Document).where(Document.job_id == job.id, Document.status == "pending")
+                ):
+                    doc.status, doc.error, doc.error_code = "failed", "the job was cancelled", "cancelled"
+            job.finished_at = utcnow()
+            return job
+
+    def ingest_document(self, document_id: int, progress: DocumentProgress | None = None) -> DocumentResult:
+        """Read, encode and publish one pending document; failures are recorded on the document."""
+        with self.ctx.db.session() as session:
+            doc = session.get(Document, document_id)
+            if doc is None:
+                raise NotFoundError(f"document {document_id} does not exist")
+            collection = session.get(Collection, doc.collection_id)
+            assert collection is not None
+            version = active_version(session, collection)
+            filename, key, collection_id = doc.filename, doc.sha256, collection.id
+            encoder_spec, version_number, dim = collection.encoder, version.number, version.dim
+        media_type: str | None = None
+        try:
+            data = self.ctx.blobs.get(key)
+            media_type, units = read_units(data, self.ctx.read_options)
+            encoder = self.ctx.encoder(encoder_spec)
+            if encoder.dim != dim:
+                raise ConflictError(
+                    f"the encoder now gives {encoder.dim}-d vectors but the index holds {dim}-d ones; "
+                    "rebuild the collection"
+                )
+            rows: list[dict[str, Any]] = []
+            bags: list[PatchBag] = []
+            batch: list[SourceUnit] = []
+            # Encode in small batches so a long PDF or video never holds all its images in memory.
+            batch_size = max(1, self.ctx.settings.batch_size)
+            for unit in units:
+                batch.append(unit)
+                if len(batch) >= batch_size:
+                    self._encode_batch(encoder, batch, rows, bags)
+                    batch = []
+                    if progress is not None:
+                        progress(filename, len(rows))
+            if batch:
+                self._encode_batch(encoder, batch, rows, bags)
+                if progress is not None:
+                    progress(filename, len(rows))
+            if not rows:
+                raise InvalidInputError("the file has no pages or frames")
+            spans = self.ctx.segments.write(collection_id, version_number, document_id, bags)
+            with self.ctx.db.session() as session:
+                doc = session.get(Document, document_id)
+                if doc is None:
+                    raise NotFoundError(f"document {document_id} was deleted during ingestion")
+                for row, (offset, n) in zip(rows, spans):
+                    session.add(
+                        Unit(document_id=document_id, collection_id=collection_id,
+                             patch_offset=offset, n_patches=n, **row)
+                    )
+                doc.status, doc.n_units, doc.media_type = "ready", len(rows), media_type
+                doc.error = doc.error_code = None
+                session.execute(
+                    update(Collection)
+                    .where(Collection.id == collection_id)
+                    .values(generation=Collection.generation + 1)
+                )
+            return DocumentResult(filename, "ready", document_id, len(rows), media_type)
+        except PatchseekError as exc:
+            return self._fail(document_id, filename, media_type, exc.code, str(exc))
+        except Exception as exc:  # one bad file must not stop the batch
+            log.exception("unexpected error while ingesting %s", filename)
+            return self._fail(
+                document_id, filename, media_type, "internal_error", f"unexpected error: {type(exc).__name__}: {exc}"
+            )
+
+    def _encode_batch(
+        self, encoder: Any, batch: list[SourceUnit], rows: list[dict[str, Any]], bags: list[PatchBag]
+    ) -> None:
+        size = self.ctx.settings.thumbnail_size
+        for unit, bag in zip(batch, encoder.encode_units(batch)):
+            rows.append(
+                {
+                    "ordinal": len(rows),
+                    "kind": unit.kind,
+                    "page": unit.page,
+                    "t_start": unit.t_start,
+                    "t_end": unit.t_end,
+                    "width": unit.image.width,
+                    "height": unit.image.height,
+                    "grid_rows": bag.grid[0],
+                    "grid_cols": bag.grid[1],
+                    "image_blob": self.ctx.blobs.put(_encode_image(unit.image)),
+                    "thumb_blob": self.ctx.blobs.put(_encode_image(unit.image, max_side=size, quality=80)),
+                    "text": bag.text or unit.text,
+                }
+            )
+            bags.append(bag)
+
+    def _fail(
+        self, document_id: int, filename: str, media_type: str | None, code: str, message: str
+    ) -> DocumentResult:
+        with self.ctx.db.session() as session:
+            doc = session.get(Document, document_id)
+            if doc is not None:
+                doc.status, doc.error, doc.error_code, doc.media_type = "failed", message, code, media_type
+        return DocumentResult(filename, "failed", document_id, 0, media_type, message, code)
+
+    # -- documents --------------------------------------------------------------------------------
+
+    def delete_document(self, collection_name: str, document_id: int) -> None:
+        """Remove a document: its units leave search in the same commit; segment files follow."""
+        with self.ctx.db.session() as session:
+            collection = get_collection(session, collection_name)
+            doc = session.get(Document, document_id)
+            if doc is None or doc.collection_id != collection.id:
+                raise NotFoundError(f"document {document_id} is not in collection {collection_name!r}")
+            version = active_version(session, collection)
+            session.delete(doc)
+            collection.generation += 1
+            version_number = version.number
+            collection_id = collection.id
+        self.ctx.segments.delete(collection_id, version_number, document_id)
+
+
+def _safe_filename(name: str) -> str:
+    """Keep only the last path component of a client-supplied name (never used as a path)."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1].strip() or "upload"
+    return base[:512]

@@ -1,0 +1,126 @@
+"""Database-backed job queue: submit, claim, run, cancel; workers poll it.
+
+Claiming is atomic: ``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL (several workers never take the
+same job), a conditional ``UPDATE … WHERE status='queued'`` on SQLite (one writer at a time).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from sqlalchemy import select, update
+
+from patchseek.api.db.models import Job, utcnow
+from patchseek.api.services.context import ServiceContext
+from patchseek.api.services.ingest import IngestService
+from patchseek.errors import ConflictError, NotFoundError
+
+log = logging.getLogger(__name__)
+MAX_ATTEMPTS = 3
+
+
+class JobService:
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self.ingest = IngestService(ctx)
+
+    def get(self, job_id: int) -> Job:
+        with self.ctx.db.session() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                raise NotFoundError(f"job {job_id} does not exist")
+            return job
+
+    def cancel(self, job_id: int) -> Job:
+        with self.ctx.db.session() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                raise NotFoundError(f"job {job_id} does not exist")
+            if job.status not in ("queued", "running"):
+                raise ConflictError(f"job {job_id} is {job.status}; only queued or running jobs can be cancelled")
+            job.status = "cancelled"
+            if job.started_at is None:
+                job.finished_at = utcnow()
+            return job
+
+    def claim(self) -> int | None:
+        """Take the oldest queued job, or None."""
+        with self.ctx.db.session() as session:
+            if self.ctx.db.is_postgres:
+                job = session.scalar(
+                    select(Job).where(Job.status == "queued").order_by(Job.id).limit(1)
+                    .with_for_update(skip_locked=True)
+                )
+                if job is None:
+                    return None
+                job.status, job.started_at, job.attempts = "running", utcnow(), job.attempts + 1
+                return job.id
+            job_id = session.scalar(select(Job.id).where(Job.status == "queued").order_by(Job.id).limit(1))
+            if job_id is None:
+                return None
+            claimed = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == "queued")
+                .values(status="running", started_at=utcnow(), attempts=Job.attempts + 1)
+            ).rowcount
+            return job_id if claimed else None
+
+    def run(self, job_id: int) -> None:
+        """Run a claimed job; an unexpected crash re-queues it up to ``MAX_ATTEMPTS`` times."""
+        try:
+            self.ingest.run_job(job_id)
+        except Exception as exc:
+            log.exception("job %s crashed", job_id)
+            with self.ctx.db.session() as session:
+                job = session.get(Job, job_id)
+                if job is not None:
+                    retry = job.attempts < MAX_ATTEMPTS
+                    job.status = "queued" if retry else "failed"
+                    job.error = f"{type(exc).__name__}: {exc}"
+                    if not retry:
+                        job.finished_at = utcnow()
+
+    def requeue_stale(self) -> int:
+        """Jobs left 'running' by a process that died go back to the queue (call at start-up)."""
+        with self.ctx.db.session() as session:
+            return session.execute(
+                update(Job).where(Job.status == "running").values(status="queued")
+            ).rowcount
+
+    def run_pending(self) -> int:
+        """Run queued jobs until none is left; returns how many ran."""
+        n = 0
+        while (job_id := self.claim()) is not None:
+            self.run(job_id)
+            n += 1
+        return n
+
+
+class Worker(threading.Thread):
+    """Polls the queue and runs jobs; ``stop()`` ends it after the current job."""
+
+    def __init__(self, ctx: ServiceContext, *, poll_seconds: float = 0.5) -> None:
+        super().__init__(name="patchseek-worker", daemon=True)
+        self.jobs = JobService(ctx)
+        self.poll_seconds = poll_seconds
+        self._stop_event = threading.Event()
+        self._wake = threading.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self._wake.set()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            try:
+                ran = self.jobs.run_pending()
+            except Exception:
+                log.exception("worker loop error")
+                ran = 0
+            if not ran:
+                self._wake.wait(self.poll_seconds)
+                self._wake.clear()

@@ -1,0 +1,148 @@
+"""Search: encode the query, score the collection's packed index, return hits with citations."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from sqlalchemy import select
+
+from patchseek.api.db.models import Collection, Document, Unit
+from patchseek.api.services.collections import active_version, get_collection
+from patchseek.api.services.context import ServiceContext
+from patchseek.errors import InvalidInputError
+from patchseek.indexer.sources import read_image
+from patchseek.search.retriever import PackedIndex, UnitRows, search
+
+
+@dataclass(frozen=True)
+class Hit:
+    unit_id: int
+    document_id: int
+    document: str
+    media_type: str
+    kind: str
+    page: int | None
+    t_start: float | None
+    t_end: float | None
+    score: float
+    text: str
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    query: str | None
+    hits: list[Hit]
+    took_ms: float
+    n_units: int
+
+
+@dataclass(frozen=True)
+class _CachedIndex:
+    key: tuple[int, int]  # (generation, version id)
+    index: PackedIndex
+    media_types: torch.Tensor  # (n_units,) int8 code per unit, see _MEDIA
+
+
+_MEDIA = {"pdf": 0, "image": 1, "video": 2}
+
+
+class SearchService:
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self._cache: dict[int, _CachedIndex] = {}
+        self._lock = threading.Lock()
+
+    def _index(self, collection: Collection) -> _CachedIndex:
+        """The collection's packed index, rebuilt only when its generation or version changed."""
+        key = (collection.generation, int(collection.active_version_id or 0))
+        with self._lock:
+            cached = self._cache.get(collection.id)
+            if cached is not None and cached.key == key:
+                return cached
+            with self.ctx.db.session() as session:
+                version = active_version(session, collection)
+                rows = session.execute(
+                    select(Unit.id, Unit.document_id, Unit.patch_offset, Unit.n_patches, Document.media_type)
+                    .join(Document, Document.id == Unit.document_id)
+                    .where(Unit.collection_id == collection.id, Document.status == "ready")
+                    .order_by(Unit.id)
+                ).all()
+            arrays = {
+                doc_id: self.ctx.segments.read(collection.id, version.number, doc_id).vectors
+                for doc_id in {r.document_id for r in rows}
+            }
+            index = PackedIndex.build(
+                [UnitRows(r.id, r.document_id, r.patch_offset, r.n_patches) for r in rows], arrays, version.dim
+            )
+            media = torch.tensor([_MEDIA.get(r.media_type or "", -1) for r in rows], dtype=torch.int8)
+            cached = _CachedIndex(key, index, media)
+            self._cache[collection.id] = cached
+            return cached
+
+    def search(
+        self,
+        collection_name: str,
+        *,
+        query: str | None = None,
+        image: bytes | None = None,
+        top_k: int = 10,
+        document_ids: Sequence[int] | None = None,
+        media_types: Sequence[str] | None = None,
+    ) -> SearchResult:
+        """Top ``top_k`` units for a text ``query`` or an ``image`` query, optionally filtered."""
+        start = time.perf_counter()
+        if (query is None or not query.strip()) and image is None:
+            raise InvalidInputError("give a non-empty text query or an image")
+        if not 1 <= top_k <= self.ctx.settings.max_top_k:
+            raise InvalidInputError(f"top_k must be between 1 and {self.ctx.settings.max_top_k}")
+        for m in media_types or []:
+            if m not in _MEDIA:
+                raise InvalidInputError(f"unknown media type {m!r}; use pdf, image or video")
+        with self.ctx.db.session() as session:
+            collection = get_collection(session, collection_name)
+        encoder = self.ctx.encoder(collection.encoder)
+        if image is not None:
+            q = encoder.encode_image_queries([read_image(image).image])[0]
+        else:
+            q = encoder.encode_queries([query or ""])[0]
+        cached = self._index(collection)
+        index = cached.index
+        mask = None
+        if document_ids:
+            mask = torch.isin(index.doc_ids, torch.tensor(list(document_ids), dtype=torch.int64))
+        if media_types:
+            codes = torch.tensor([_MEDIA[m] for m in media_types], dtype=torch.int8)
+            media_mask = torch.isin(cached.media_types, codes)
+            mask = media_mask if mask is None else mask & media_mask
+        scored = search(index, q, top_k, unit_mask=mask)
+        hits = self._hits(scored)
+        return SearchResult(query, hits, (time.perf_counter() - start) * 1000, index.n_units)
+
+    def _hits(self, scored: list) -> list[Hit]:  # type: ignore[type-arg]
+        if not scored:
+            return []
+        with self.ctx.db.session() as session:
+            rows = {
+                u.id: (u, d)
+                for u, d in session.execute(
+                    select(Unit, Document)
+                    .join(Document, Document.id == Unit.document_id)
+                    .where(Unit.id.in_([s.unit_id for s in scored]))
+                ).all()
+            }
+        hits = []
+        for s in scored:
+            if s.unit_id not in rows:  # deleted between scoring and lookup
+                continue
+            unit, doc = rows[s.unit_id]
+            hits.append(
+                Hit(unit.id, doc.id, doc.filename, doc.media_type or "", unit.kind, unit.page,
+                    unit.t_start, unit.t_end, round(s.score, 6), unit.text)
+            )
+        return hits
+
+

@@ -1,0 +1,222 @@
+"""The ``patchseek`` command line: init, ingest, search, serve, worker, collections."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from patchseek.config import Settings
+from patchseek.errors import PatchseekError
+
+app = typer.Typer(help="patchseek: multi-vector visual retrieval over PDFs, images and videos.",
+                  no_args_is_help=True, add_completion=False)
+console = Console(stderr=True)
+
+# Files are grouped into jobs of this many so a huge folder is never held in memory at once.
+FILES_PER_JOB = 16
+
+
+def _context(settings: Settings | None = None):  # type: ignore[no-untyped-def]
+    from patchseek.api.services import ServiceContext
+
+    return ServiceContext.from_settings(settings or Settings())
+
+
+def _fail(exc: PatchseekError) -> None:
+    console.print(f"[red]error[/red] ({exc.code}): {exc}")
+    raise typer.Exit(2)
+
+
+def _iter_files(paths: list[Path]) -> Iterator[Path]:
+    for path in paths:
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        elif path.is_file():
+            yield path
+        else:
+            raise typer.BadParameter(f"{path} does not exist")
+
+
+@app.command()
+def init() -> None:
+    """Create the data directory and bring the database schema up to date."""
+    ctx = _context()
+    console.print(f"data dir: {ctx.settings.data_dir.resolve()}\ndatabase: {ctx.db.engine.url!r}")
+    ctx.close()
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="files and folders (searched recursively)")],
+    collection: Annotated[str, typer.Option("--collection", "-c", help="collection name")] = "default",
+    encoder: Annotated[str | None, typer.Option(help="encoder for a new collection")] = None,
+) -> None:
+    """Ingest files into a collection (created if missing). Exits 1 if any file failed."""
+    from patchseek.api.services import CollectionService, IngestService
+
+    ctx = _context()
+    try:
+        CollectionService(ctx).create(collection, encoder=encoder, exist_ok=True)
+        files = list(_iter_files(paths))
+        service = IngestService(ctx)
+        results: list[dict[str, Any]] = []
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=console, transient=not sys.stderr.isatty(),
+        ) as bar:
+            task = bar.add_task("ingesting", total=len(files))
+            for start in range(0, len(files), FILES_PER_JOB):
+                chunk = files[start : start + FILES_PER_JOB]
+                job = service.submit(collection, [(str(p), p.read_bytes()) for p in chunk], status="running")
+
+                def on_progress(name: str, n_units: int) -> None:
+                    bar.update(task, description=f"{Path(name).name[:40]} ({n_units} units)")
+
+                job = service.run_job(job.id, progress=on_progress)
+                results.extend(job.result.get("documents", []))
+                bar.update(task, advance=len(chunk))
+    except PatchseekError as exc:
+        _fail(exc)
+    finally:
+        ctx.close()
+    ok = sum(r["status"] == "ready" for r in results)
+    failed = [r for r in results if r["status"] == "failed"]
+    dupes = [r for r in results if r["status"] == "duplicate"]
+    units = sum(r["n_units"] for r in results)
+    for r in failed:
+        console.print(f"[red]failed[/red] {r['filename']}: {r['error']} ({r['code']})")
+    for r in dupes:
+        console.print(f"[yellow]skipped[/yellow] {r['filename']}: already ingested as document {r['duplicate_of']}")
+    console.print(
+        f"{ok} ingested ({units} units), {len(failed)} failed, {len(dupes)} duplicates "
+        f"into collection {collection!r}"
+    )
+    if failed:
+        raise typer.Exit(1)
+
+
+def _hit_json(hit: Any) -> dict[str, Any]:
+    return {
+        "document": Path(hit.document).name,
+        "document_id": hit.document_id,
+        "unit_id": hit.unit_id,
+        "media_type": hit.media_type,
+        "kind": hit.kind,
+        "page": hit.page,
+        "t_start": hit.t_start,
+        "t_end": hit.t_end,
+        "score": hit.score,
+    }
+
+
+@app.command()
+def search(
+    query: Annotated[str | None, typer.Argument(help="the query text")] = None,
+    collection: Annotated[str, typer.Option("--collection", "-c")] = "default",
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1)] = 10,
+    queries: Annotated[Path | None, typer.Option(help="file with one query per line")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False,
+) -> None:
+    """Search a collection. ``--json`` prints one JSON object per hit (or per query with --queries)."""
+    from patchseek.api.services import SearchService
+
+    if (query is None) == (queries is None):
+        raise typer.BadParameter("give either a query or --queries FILE")
+    texts = [query] if query is not None else [
+        line.strip() for line in queries.read_text().splitlines() if line.strip()  # type: ignore[union-attr]
+    ]
+    ctx = _context()
+    try:
+        service = SearchService(ctx)
+        for text in texts:
+            result = service.search(collection, query=text, top_k=top_k)
+            hits = [_hit_json(h) for h in result.hits]
+            if as_json and queries is not None:
+                print(json.dumps({"query": text, "hits": hits}, ensure_ascii=False))
+            elif as_json:
+                for h in hits:
+                    print(json.dumps(h, ensure_ascii=False))
+            else:
+                _print_table(text, result)
+    except PatchseekError as exc:
+        _fail(exc)
+    finally:
+        ctx.close()
+
+
+def _print_table(query: str, result: Any) -> None:
+    table = Table(title=f"{query!r}  ({result.n_units} units, {result.took_ms:.1f} ms)", title_justify="left")
+    for column in ("#", "score", "document", "where", "text"):
+        table.add_column(column, overflow="fold" if column == "text" else "ellipsis")
+    for rank, hit in enumerate(result.hits, 1):
+        if hit.page is not None:
+            where = f"page {hit.page}"
+        elif hit.t_start is not None:
+            where = f"{hit.t_start:.1f}-{hit.t_end:.1f} s"
+        else:
+            where = hit.kind
+        table.add_row(str(rank), f"{hit.score:.3f}", Path(hit.document).name, where, hit.text[:60])
+    Console().print(table)
+
+
+@app.command()
+def collections() -> None:
+    """List collections with their document and unit counts."""
+    from patchseek.api.services import CollectionService
+
+    ctx = _context()
+    try:
+        for c, n_docs, n_units in CollectionService(ctx).list():
+            print(f"{c.name}\t{n_docs} documents\t{n_units} units\tencoder={c.encoder}")
+    finally:
+        ctx.close()
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+) -> None:
+    """Run the HTTP API (with an in-process worker unless PATCHSEEK_WORKER_IN_PROCESS=false)."""
+    import uvicorn
+
+    from patchseek.api.app import create_app
+
+    uvicorn.run(create_app(), host=host, port=port)
+
+
+@app.command()
+def worker(
+    once: Annotated[bool, typer.Option(help="run queued jobs, then exit")] = False,
+) -> None:
+    """Process queued ingest jobs from the database (several workers may run)."""
+    import time
+
+    from patchseek.api.services import JobService
+
+    ctx = _context()
+    jobs = JobService(ctx)
+    try:
+        while True:
+            n = jobs.run_pending()
+            if once:
+                console.print(f"ran {n} jobs")
+                return
+            if not n:
+                time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ctx.close()
+
+
+if __name__ == "__main__":
+    app()

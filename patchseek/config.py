@@ -1,0 +1,60 @@
+"""One ``Settings`` object for every process (CLI, API, worker), read from ``PATCHSEEK_*`` variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Service settings. Every field can be set from the environment as ``PATCHSEEK_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="PATCHSEEK_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(default=Path("patchseek-data"), description="blobs, segment files, SQLite db")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; SQLite in data_dir if unset")
+    encoder: str = Field(default="lexical", description="'lexical' or a colpali-engine model id / local dir")
+    encoder_revision: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    batch_size: int = Field(default=4, ge=1)
+    max_image_pixels: int = Field(default=1024 * 1024, description="encoder input resolution cap")
+
+    # sources
+    pdf_dpi: int = Field(default=100, ge=36, le=600)
+    max_pages: int = Field(default=2000, ge=1, description="pages per PDF before it is refused")
+    image_max_side: int = Field(default=4096, ge=64, description="larger images are downscaled")
+    video_interval: float = Field(default=1.0, gt=0, description="seconds between sampled video frames")
+    video_max_frames: int = Field(default=3600, ge=1)
+    thumbnail_size: int = Field(default=256, ge=32)
+    ocr: bool = Field(default=True, description="OCR images and video frames for the lexical encoder")
+
+    # API
+    api_keys: list[str] = Field(default_factory=list)
+    max_upload_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
+    max_top_k: int = Field(default=1000, ge=1)
+    worker_in_process: bool = True
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'patchseek.db').resolve()}"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def segment_dir(self) -> Path:
+        return self.data_dir / "segments"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,64 @@
+"""Exceptions shared by every layer. The API maps them to ``{"detail": ..., "code": ...}``."""
+
+from __future__ import annotations
+
+
+class PatchseekError(Exception):
+    """Base class; ``code`` is stable and machine-readable, the message says what to do next."""
+
+    code = "internal_error"
+    status_code = 500
+
+
+class NotFoundError(PatchseekError):
+    code, status_code = "not_found", 404
+
+
+class ConflictError(PatchseekError):
+    code, status_code = "conflict", 409
+
+
+class InvalidInputError(PatchseekError):
+    code, status_code = "invalid_input", 422
+
+
+class UnsupportedMediaError(InvalidInputError):
+    code, status_code = "unsupported_media", 415
+
+
+class PayloadTooLargeError(InvalidInputError):
+    code, status_code = "payload_too_large", 413
+
+
+class DocumentReadError(InvalidInputError):
+    """A file could not be read: corrupt, truncated, empty or encrypted."""
+
+    code, status_code = "unreadable_document", 422
+
+
+class EncryptedDocumentError(DocumentReadError):
+    code, status_code = "encrypted_document", 422
+
+
+class AuthError(PatchseekError):
+    code, status_code = "unauthorized", 401
+
+
+class ForbiddenError(PatchseekError):
+    code, status_code = "forbidden", 403
+
+
+class ModelLoadError(PatchseekError):
+    """An encoder could not be loaded (no network, unknown architecture, missing extra)."""
+
+    code, status_code = "model_load_error", 500
+
+
+class KernelUnavailableError(PatchseekError):
+    """A kernel backend was requested where it cannot run (e.g. Triton without CUDA or interpreter)."""
+
+    code, status_code = "kernel_unavailable", 500
+
+
+class MissingDependencyError(PatchseekError):
+    code, status_code = "missing_dependency", 500
