@@ -42,8 +42,9 @@ def upload_documents(
     limit = service.ctx.settings.max_upload_bytes
     payload = [(f.filename or "upload", _read_limited(f, limit)) for f in files]
     job = service.submit(name, payload, status="running" if wait else "queued")
-    if wait and job.status == "running":
-        job = service.run_job(job.id)
+    if wait:
+        if job.status == "running":
+            job = service.run_job(job.id)
         response.status_code = status.HTTP_200_OK
     elif (worker := getattr(request.app.state, "worker", None)) is not None:
         worker.wake()

@@ -49,7 +49,8 @@ class LexicalEncoder(Encoder):
     ----------
     dim : embedding dimension (128 as ColPali's projection).
     grid : patch grid (rows, cols) words are placed on; 32×32 mirrors ColPali's 1024 patches.
-    ngram : character n-gram length; the whole word is an extra feature of weight ``word_weight``.
+    ngram : character n-gram length; the whole word is an extra feature weighing ``word_weight`` times
+        the n-grams together (so an exact match scores 1 and a variant sharing most n-grams about 0.5).
     ocr : OCR units without a text layer (needs the ``ocr`` extra); otherwise they get no words.
     max_words : cap per unit; beyond it the most frequent words are kept once.
 
@@ -71,7 +72,7 @@ class LexicalEncoder(Encoder):
         grid: tuple[int, int] = (32, 32),
         *,
         ngram: int = 3,
-        word_weight: float = 2.0,
+        word_weight: float = 0.75,
         ocr: bool = True,
         max_words: int = 4096,
     ) -> None:

@@ -37,9 +37,11 @@ def _engine() -> Any:
         raise MissingDependencyError(
             "OCR needs the 'ocr' extra: pip install 'patchseek[ocr]' (or set PATCHSEEK_OCR=false)"
         ) from exc
+    engine = RapidOCR()
+    # RapidOCR logs every model load at INFO through its own handler; keep only its errors.
     for name in ("RapidOCR", "rapidocr"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    return RapidOCR()
+    return engine
 
 
 def ocr_words(image: Image.Image, *, max_side: int = 1600) -> list[Word]:

@@ -1,0 +1,124 @@
+"""The HTTP API over a real server: collections, uploads, jobs, search, unit images, errors.
+
+Runs against SQLite and PostgreSQL (the ``database_url`` fixture).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+from PIL import Image
+
+from tests.api.server import running_server, wait_for_job
+from tests.conftest import make_settings
+
+
+@pytest.fixture
+def client(tmp_path, database_url):  # type: ignore[no-untyped-def]
+    settings = make_settings(tmp_path / "data", database_url, worker_in_process=True, max_upload_bytes=2_000_000)
+    with running_server(settings) as client:
+        yield client
+
+
+def _files(*paths):  # type: ignore[no-untyped-def]
+    return [("files", (p.name, p.read_bytes(), "application/octet-stream")) for p in paths]
+
+
+def test_round_trip(client, samples) -> None:  # type: ignore[no-untyped-def]
+    r = client.post("/v1/collections", json={"name": "docs"})
+    assert r.status_code == 201, r.text
+    assert r.json()["encoder"] == "lexical"
+
+    truncated = samples.pdf.read_bytes()[:700]
+    r = client.post(
+        "/v1/collections/docs/documents",
+        files=[*_files(samples.pdf, samples.receipt, samples.video),
+               ("files", ("broken.pdf", truncated, "application/pdf")),
+               ("files", ("notes.txt", b"just text", "text/plain"))],
+    )
+    assert r.status_code == 202, r.text
+    job = wait_for_job(client, r.json()["id"])
+    by_name = {d["filename"]: d for d in job["documents"]}
+    assert job["status"] == "partial"
+    assert by_name["report.pdf"]["status"] == "ready" and by_name["report.pdf"]["n_units"] == 3
+    assert by_name["receipt.png"]["status"] == "ready"
+    assert by_name["lecture.mp4"]["status"] == "ready" and by_name["lecture.mp4"]["n_units"] == 4
+    assert by_name["broken.pdf"]["code"] == "unreadable_document"
+    assert by_name["notes.txt"]["code"] == "unsupported_media"
+
+    # Text query: the right page, the right image, the right time span.
+    hits = client.post("/v1/collections/docs/search", json={"query": "glacier meltwater"}).json()["hits"]
+    assert (hits[0]["document"], hits[0]["page"]) == ("report.pdf", 3)
+    hits = client.post("/v1/collections/docs/search", json={"query": "espresso croissant"}).json()["hits"]
+    assert hits[0]["document"] == "receipt.png"
+    hits = client.post("/v1/collections/docs/search", json={"query": "volcanic lava", "top_k": 2}).json()["hits"]
+    assert len(hits) == 2 and all(h["media_type"] == "video" and h["t_start"] >= 3.0 for h in hits)
+
+    # Filters.
+    r = client.post("/v1/collections/docs/search", json={"query": "glacier", "media_types": ["image"]})
+    assert {h["media_type"] for h in r.json()["hits"]} == {"image"}
+
+    # Unit images are JPEGs of the rendered page.
+    image = client.get(hits[0]["image_url"])
+    assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(image.content)).size == (640, 360)
+    thumb = Image.open(io.BytesIO(client.get(hits[0]["thumbnail_url"]).content))
+    assert max(thumb.size) <= 256
+
+    # Image query (the receipt itself) finds the receipt.
+    b64 = base64.b64encode(samples.receipt.read_bytes()).decode()
+    hits = client.post("/v1/collections/docs/search", json={"image_base64": b64, "top_k": 1}).json()["hits"]
+    assert hits[0]["document"] == "receipt.png"
+
+    # Re-uploading the same bytes is detected.
+    r = client.post("/v1/collections/docs/documents", params={"wait": "true"}, files=_files(samples.pdf))
+    assert r.status_code == 200
+    assert r.json()["documents"][0]["status"] == "duplicate"
+
+    # Delete a document: gone from search at once.
+    pdf_id = by_name["report.pdf"]["document_id"]
+    assert client.get(f"/v1/collections/docs/documents/{pdf_id}").json()["units"][2]["page"] == 3
+    assert client.delete(f"/v1/collections/docs/documents/{pdf_id}").status_code == 204
+    hits = client.post("/v1/collections/docs/search", json={"query": "glacier meltwater"}).json()["hits"]
+    assert all(h["document"] != "report.pdf" for h in hits)
+    docs = client.get("/v1/collections/docs/documents", params={"status": "ready"}).json()
+    assert sorted(d["filename"] for d in docs) == ["lecture.mp4", "receipt.png"]
+    assert client.get("/v1/collections/docs").json()["documents"] == 2
+
+
+def test_errors_are_json_with_a_code(client, samples) -> None:  # type: ignore[no-untyped-def]
+    assert client.post("/v1/collections", json={"name": "c"}).status_code == 201
+    cases = [
+        (client.post("/v1/collections", json={"name": "c"}), 409, "conflict"),
+        (client.post("/v1/collections", json={"name": "../etc"}), 422, "invalid_request"),
+        (client.get("/v1/collections/nope"), 404, "not_found"),
+        (client.post("/v1/collections/nope/search", json={"query": "x"}), 404, "not_found"),
+        (client.post("/v1/collections/c/search", json={"query": "x", "top_k": 10**6}), 422, "invalid_request"),
+        (client.post("/v1/collections/c/search", json={}), 422, "invalid_input"),
+        (client.post("/v1/collections/c/search", content=b"{not json", headers={"content-type": "application/json"}),
+         422, "invalid_request"),
+        (client.post("/v1/collections/c/search", json={"image_base64": "***"}), 422, "invalid_input"),
+        (client.post("/v1/collections/c/documents", files=[("files", ("big.pdf", b"%PDF-" + b"0" * 2_100_000))]),
+         413, "payload_too_large"),
+        (client.get("/v1/jobs/999"), 404, "not_found"),
+        (client.get("/v1/units/999/image"), 404, "not_found"),
+        (client.delete("/v1/collections/c/documents/999"), 404, "not_found"),
+    ]
+    for response, status, code in cases:
+        assert response.status_code == status, (response.request.url, response.text)
+        assert response.json()["code"] == code, response.text
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ready"}
+    assert "/v1/collections/{name}/search" in client.get("/openapi.json").json()["paths"]
+
+
+def test_api_keys(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(tmp_path / "data", None, api_keys=["s3cret"])
+    with running_server(settings) as client:
+        r = client.get("/v1/collections")
+        assert r.status_code == 401 and r.json()["code"] == "unauthorized"
+        assert client.get("/v1/collections", headers={"X-API-Key": "wrong"}).status_code == 401
+        assert client.get("/v1/collections", headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert client.get("/healthz").status_code == 200
