@@ -11,7 +11,7 @@ import threading
 
 from sqlalchemy import select, update
 
-from patchseek.api.db.models import Job, utcnow
+from patchseek.api.db.models import Document, Job, utcnow
 from patchseek.api.services.context import ServiceContext
 from patchseek.api.services.ingest import IngestService
 from patchseek.errors import ConflictError, NotFoundError
@@ -39,9 +39,15 @@ class JobService:
                 raise NotFoundError(f"job {job_id} does not exist")
             if job.status not in ("queued", "running"):
                 raise ConflictError(f"job {job_id} is {job.status}; only queued or running jobs can be cancelled")
+            was_queued = job.status == "queued"
             job.status = "cancelled"
-            if job.started_at is None:
+            if was_queued:
+                # Nothing ran: its documents will never be ingested, so they must not block re-uploads.
                 job.finished_at = utcnow()
+                for doc in session.scalars(
+                    select(Document).where(Document.job_id == job.id, Document.status == "pending")
+                ):
+                    doc.status, doc.error, doc.error_code = "failed", "the job was cancelled", "cancelled"
             return job
 
     def claim(self) -> int | None:
