@@ -16,8 +16,11 @@ from rich.table import Table
 from patchseek.config import Settings
 from patchseek.errors import PatchseekError
 
-app = typer.Typer(help="patchseek: multi-vector visual retrieval over PDFs, images and videos.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="patchseek: multi-vector visual retrieval over PDFs, images and videos.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 console = Console(stderr=True)
 
 # Files are grouped into jobs of this many so a huge folder is never held in memory at once.
@@ -69,8 +72,12 @@ def ingest(
         service = IngestService(ctx)
         results: list[dict[str, Any]] = []
         with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=console, transient=not sys.stderr.isatty(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=not sys.stderr.isatty(),
         ) as bar:
             task = bar.add_task("ingesting", total=len(files))
             for start in range(0, len(files), FILES_PER_JOB):
@@ -94,7 +101,9 @@ def ingest(
     for r in failed:
         console.print(f"[red]failed[/red] {r['filename']}: {r['error']} ({r['code']})")
     for r in dupes:
-        console.print(f"[yellow]skipped[/yellow] {r['filename']}: already ingested as document {r['duplicate_of']}")
+        console.print(
+            f"[yellow]skipped[/yellow] {r['filename']}: already ingested as document {r['duplicate_of']}"
+        )
     console.print(
         f"{ok} ingested ({units} units), {len(failed)} failed, {len(dupes)} duplicates "
         f"into collection {collection!r}"
@@ -130,9 +139,10 @@ def search(
 
     if (query is None) == (queries is None):
         raise typer.BadParameter("give either a query or --queries FILE")
-    texts = [query] if query is not None else [
-        line.strip() for line in queries.read_text().splitlines() if line.strip()  # type: ignore[union-attr]
-    ]
+    if queries is not None:
+        texts = [line.strip() for line in queries.read_text().splitlines() if line.strip()]
+    else:
+        texts = [query or ""]
     ctx = _context()
     try:
         service = SearchService(ctx)

@@ -15,12 +15,22 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 PDF_PAGES = [
-    ("Quarterly revenue report",
-     ["Revenue grew in the third quarter", "driven by solar panel installations", "across northern regions."]),
-    ("Employee onboarding checklist",
-     ["Collect the laptop and badge", "sign the security policy", "meet your onboarding mentor."]),
-    ("Glacier retreat in the Alps",
-     ["Alpine glaciers lost mass", "every summer since records began", "meltwater feeds the rivers."]),
+    (
+        "Quarterly revenue report",
+        [
+            "Revenue grew in the third quarter",
+            "driven by solar panel installations",
+            "across northern regions.",
+        ],
+    ),
+    (
+        "Employee onboarding checklist",
+        ["Collect the laptop and badge", "sign the security policy", "meet your onboarding mentor."],
+    ),
+    (
+        "Glacier retreat in the Alps",
+        ["Alpine glaciers lost mass", "every summer since records began", "meltwater feeds the rivers."],
+    ),
 ]
 RECEIPT_LINES = ["Harbour Coffee receipt", "espresso 2.80", "croissant 3.10", "total 5.90"]
 WHITEBOARD_LINES = ["Sprint planning", "backlog priorities", "release checklist"]

@@ -73,8 +73,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         first = errors[0] if errors else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
         return JSONResponse(
-            {"detail": f"{where}: {first.get('msg', 'invalid request')}", "code": "invalid_request",
-             "errors": [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in errors]},
+            {
+                "detail": f"{where}: {first.get('msg', 'invalid request')}",
+                "code": "invalid_request",
+                "errors": [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in errors],
+            },
             status_code=422,
         )
 

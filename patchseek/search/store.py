@@ -78,9 +78,7 @@ class SegmentStore:
         }
         return DocumentVectors(**parts)
 
-    def read_unit(
-        self, collection_id: int, version: int, document_id: int, offset: int, n: int
-    ) -> PatchBag:
+    def read_unit(self, collection_id: int, version: int, document_id: int, offset: int, n: int) -> PatchBag:
         """One unit's rows as a ``PatchBag`` (float32)."""
         doc = self.read(collection_id, version, document_id)
         vectors = torch.from_numpy(np.asarray(doc.vectors[offset : offset + n], dtype=np.float32))

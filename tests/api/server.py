@@ -25,7 +25,9 @@ def _free_port() -> int:
 def running_server(settings: Settings) -> Iterator[httpx.Client]:
     """Start the app with ``settings``; yield an httpx client bound to it; stop it afterwards."""
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

@@ -17,7 +17,9 @@ from tests.conftest import make_settings
 
 @pytest.fixture
 def client(tmp_path, database_url):  # type: ignore[no-untyped-def]
-    settings = make_settings(tmp_path / "data", database_url, worker_in_process=True, max_upload_bytes=2_000_000)
+    settings = make_settings(
+        tmp_path / "data", database_url, worker_in_process=True, max_upload_bytes=2_000_000
+    )
     with running_server(settings) as client:
         yield client
 
@@ -34,9 +36,11 @@ def test_round_trip(client, samples) -> None:  # type: ignore[no-untyped-def]
     truncated = samples.pdf.read_bytes()[:700]
     r = client.post(
         "/v1/collections/docs/documents",
-        files=[*_files(samples.pdf, samples.receipt, samples.video),
-               ("files", ("broken.pdf", truncated, "application/pdf")),
-               ("files", ("notes.txt", b"just text", "text/plain"))],
+        files=[
+            *_files(samples.pdf, samples.receipt, samples.video),
+            ("files", ("broken.pdf", truncated, "application/pdf")),
+            ("files", ("notes.txt", b"just text", "text/plain")),
+        ],
     )
     assert r.status_code == 202, r.text
     job = wait_for_job(client, r.json()["id"])
@@ -53,7 +57,9 @@ def test_round_trip(client, samples) -> None:  # type: ignore[no-untyped-def]
     assert (hits[0]["document"], hits[0]["page"]) == ("report.pdf", 3)
     hits = client.post("/v1/collections/docs/search", json={"query": "espresso croissant"}).json()["hits"]
     assert hits[0]["document"] == "receipt.png"
-    hits = client.post("/v1/collections/docs/search", json={"query": "volcanic lava", "top_k": 2}).json()["hits"]
+    hits = client.post("/v1/collections/docs/search", json={"query": "volcanic lava", "top_k": 2}).json()[
+        "hits"
+    ]
     assert len(hits) == 2 and all(h["media_type"] == "video" and h["t_start"] >= 3.0 for h in hits)
 
     # Filters.
@@ -95,13 +101,27 @@ def test_errors_are_json_with_a_code(client, samples) -> None:  # type: ignore[n
         (client.post("/v1/collections", json={"name": "../etc"}), 422, "invalid_request"),
         (client.get("/v1/collections/nope"), 404, "not_found"),
         (client.post("/v1/collections/nope/search", json={"query": "x"}), 404, "not_found"),
-        (client.post("/v1/collections/c/search", json={"query": "x", "top_k": 10**6}), 422, "invalid_request"),
+        (
+            client.post("/v1/collections/c/search", json={"query": "x", "top_k": 10**6}),
+            422,
+            "invalid_request",
+        ),
         (client.post("/v1/collections/c/search", json={}), 422, "invalid_input"),
-        (client.post("/v1/collections/c/search", content=b"{not json", headers={"content-type": "application/json"}),
-         422, "invalid_request"),
+        (
+            client.post(
+                "/v1/collections/c/search", content=b"{not json", headers={"content-type": "application/json"}
+            ),
+            422,
+            "invalid_request",
+        ),
         (client.post("/v1/collections/c/search", json={"image_base64": "***"}), 422, "invalid_input"),
-        (client.post("/v1/collections/c/documents", files=[("files", ("big.pdf", b"%PDF-" + b"0" * 2_100_000))]),
-         413, "payload_too_large"),
+        (
+            client.post(
+                "/v1/collections/c/documents", files=[("files", ("big.pdf", b"%PDF-" + b"0" * 2_100_000))]
+            ),
+            413,
+            "payload_too_large",
+        ),
         (client.get("/v1/jobs/999"), 404, "not_found"),
         (client.get("/v1/units/999/image"), 404, "not_found"),
         (client.delete("/v1/collections/c/documents/999"), 404, "not_found"),

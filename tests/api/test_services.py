@@ -80,7 +80,9 @@ def test_each_job_is_claimed_once(ctx, samples) -> None:  # type: ignore[no-unty
     """Several workers polling at once never run the same job (SKIP LOCKED on PostgreSQL)."""
     CollectionService(ctx).create("c")
     ingest = IngestService(ctx)
-    ids = {ingest.submit("c", [(f"f{i}.png", samples.receipt.read_bytes() + bytes([i]))]).id for i in range(8)}
+    ids = {
+        ingest.submit("c", [(f"f{i}.png", samples.receipt.read_bytes() + bytes([i]))]).id for i in range(8)
+    }
     claimed: list[int] = []
     lock = threading.Lock()
 

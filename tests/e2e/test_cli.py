@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 PHRASE = "Es ist also egal in welcher Reihenfolge die Schnittpunkte mit der x Achse"
 PHRASE_PAGE = 89  # of 009-pdflatex-geotopo/GeoTopo-komprimiert.pdf
 
@@ -31,15 +29,22 @@ def test_ingest_and_search_samples(tmp_path, samples) -> None:  # type: ignore[n
     out = run_cli(data, "ingest", str(samples.pdf.parent), "--collection", "demo")
     assert "4 ingested" in out.stderr and "0 failed" in out.stderr
 
-    hits = [json.loads(line) for line in run_cli(data, "search", "glacier meltwater", "-c", "demo", "--json").stdout.splitlines()]
+    hits = [
+        json.loads(line)
+        for line in run_cli(data, "search", "glacier meltwater", "-c", "demo", "--json").stdout.splitlines()
+    ]
     assert hits[0]["document"] == "report.pdf" and hits[0]["page"] == 3
     assert set(hits[0]) >= {"document", "page", "t_start", "t_end", "score"}
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
 
     queries = tmp_path / "queries.txt"
     queries.write_text("volcanic lava\n\nsprint backlog\n")
-    lines = [json.loads(x) for x in run_cli(data, "search", "--queries", str(queries), "-c", "demo", "--json",
-                                            "--top-k", "2").stdout.splitlines()]
+    lines = [
+        json.loads(x)
+        for x in run_cli(
+            data, "search", "--queries", str(queries), "-c", "demo", "--json", "--top-k", "2"
+        ).stdout.splitlines()
+    ]
     assert [x["query"] for x in lines] == ["volcanic lava", "sprint backlog"]
     video = lines[0]["hits"][0]
     assert video["document"] == "lecture.mp4" and video["page"] is None
@@ -66,7 +71,10 @@ def test_bad_files_fail_alone(tmp_path, samples) -> None:  # type: ignore[no-unt
     assert result.returncode == 1
     assert "1 ingested" in result.stderr and "4 failed" in result.stderr
     assert "empty" in result.stderr and "unsupported file type" in result.stderr
-    hits = [json.loads(x) for x in run_cli(data, "search", "espresso", "-c", "mixed", "--json").stdout.splitlines()]
+    hits = [
+        json.loads(x)
+        for x in run_cli(data, "search", "espresso", "-c", "mixed", "--json").stdout.splitlines()
+    ]
     assert [h["document"] for h in hits] == ["receipt.png"]
 
 
@@ -88,8 +96,14 @@ def test_shared_corpus(tmp_path, corpus) -> None:  # type: ignore[no-untyped-def
     assert any("unreadablemetadata.pdf" in f and "cannot be read" in f for f in failed)
     assert all(not any(p in f for p in ok_pdfs) for f in failed), failed
 
-    hits = [json.loads(x) for x in run_cli(data, "search", PHRASE, "-c", "corpus", "--json", "-k", "3").stdout.splitlines()]
+    hits = [
+        json.loads(x)
+        for x in run_cli(data, "search", PHRASE, "-c", "corpus", "--json", "-k", "3").stdout.splitlines()
+    ]
     assert hits[0]["document"] == "GeoTopo-komprimiert.pdf" and hits[0]["page"] == PHRASE_PAGE
     query = "Beautiful is better than ugly Explicit is better than implicit"
-    hits = [json.loads(x) for x in run_cli(data, "search", query, "-c", "corpus", "--json", "-k", "1").stdout.splitlines()]
+    hits = [
+        json.loads(x)
+        for x in run_cli(data, "search", query, "-c", "corpus", "--json", "-k", "1").stdout.splitlines()
+    ]
     assert hits[0]["document"] == "google-doc-document.pdf"

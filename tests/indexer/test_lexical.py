@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import torch
+from PIL import Image
 
 from patchseek.indexer.encoders import LexicalEncoder
 from patchseek.types import SourceUnit, Word
 
-from PIL import Image
-
 
 def _unit(*words: tuple[str, tuple[float, float, float, float]]) -> SourceUnit:
-    return SourceUnit(kind="page", index=0, image=Image.new("RGB", (8, 8)), words=[Word(t, b) for t, b in words])
+    return SourceUnit(
+        kind="page", index=0, image=Image.new("RGB", (8, 8)), words=[Word(t, b) for t, b in words]
+    )
 
 
 class TestVectors:
@@ -39,7 +40,9 @@ class TestVectors:
 class TestBags:
     def test_words_placed_on_grid(self) -> None:
         enc = LexicalEncoder(ocr=False, grid=(10, 20))
-        bag = enc.encode_units([_unit(("top-left", (0.0, 0.0, 0.1, 0.05)), ("bottom", (0.9, 0.9, 1.0, 1.0)))])[0]
+        bag = enc.encode_units(
+            [_unit(("top-left", (0.0, 0.0, 0.1, 0.05)), ("bottom", (0.9, 0.9, 1.0, 1.0)))]
+        )[0]
         assert bag.n_patches == 3  # "top", "left", "bottom"
         assert bag.positions.tolist() == [[0, 1], [0, 1], [9, 19]]
         assert bag.grid == (10, 20)

@@ -18,17 +18,32 @@ def unit_urls(unit_id: int) -> tuple[str, str]:
 
 def document_public(doc: Document, collection: str) -> DocumentPublic:
     return DocumentPublic(
-        id=doc.id, collection=collection, filename=doc.filename, media_type=doc.media_type,
-        sha256=doc.sha256, size_bytes=doc.size_bytes, status=doc.status, error=doc.error,
-        error_code=doc.error_code, n_units=doc.n_units, created_at=doc.created_at,
+        id=doc.id,
+        collection=collection,
+        filename=doc.filename,
+        media_type=doc.media_type,
+        sha256=doc.sha256,
+        size_bytes=doc.size_bytes,
+        status=doc.status,
+        error=doc.error,
+        error_code=doc.error_code,
+        n_units=doc.n_units,
+        created_at=doc.created_at,
     )
 
 
 def unit_public(unit: Unit) -> UnitPublic:
     image_url, thumbnail_url = unit_urls(unit.id)
     return UnitPublic(
-        id=unit.id, ordinal=unit.ordinal, kind=unit.kind, page=unit.page, t_start=unit.t_start,
-        t_end=unit.t_end, width=unit.width, height=unit.height, image_url=image_url,
+        id=unit.id,
+        ordinal=unit.ordinal,
+        kind=unit.kind,
+        page=unit.page,
+        t_start=unit.t_start,
+        t_end=unit.t_end,
+        width=unit.width,
+        height=unit.height,
+        image_url=image_url,
         thumbnail_url=thumbnail_url,
     )
 
@@ -41,8 +56,15 @@ def document_detail(doc: Document, collection: str, units: list[Unit]) -> Docume
 
 def job_public(job: Job, collection: str) -> JobPublic:
     return JobPublic(
-        id=job.id, collection=collection, kind=job.kind, status=job.status, progress=job.progress,
+        id=job.id,
+        collection=collection,
+        kind=job.kind,
+        status=job.status,
+        progress=job.progress,
         total=job.total,
         documents=[DocumentResultPublic(**d) for d in job.result.get("documents", [])],
-        error=job.error, created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+        error=job.error,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
     )

@@ -11,14 +11,21 @@ router = APIRouter(prefix="/v1/collections", tags=["collections"])
 def _public(row: tuple) -> CollectionPublic:  # type: ignore[type-arg]
     c, n_docs, n_units = row
     return CollectionPublic(
-        name=c.name, description=c.description, encoder=c.encoder, compression=c.compression,
-        documents=n_docs, units=n_units, created_at=c.created_at,
+        name=c.name,
+        description=c.description,
+        encoder=c.encoder,
+        compression=c.compression,
+        documents=n_docs,
+        units=n_units,
+        created_at=c.created_at,
     )
 
 
 @router.post("", response_model=CollectionPublic, status_code=status.HTTP_201_CREATED)
 def create_collection(body: CollectionCreate, service: CollectionServiceDep) -> CollectionPublic:
-    service.create(body.name, description=body.description, encoder=body.encoder, compression=body.compression)
+    service.create(
+        body.name, description=body.description, encoder=body.encoder, compression=body.compression
+    )
     return _public(service.get(body.name))
 
 

@@ -36,7 +36,9 @@ def upload_documents(
     response: Response,
     files: Annotated[list[UploadFile], File(description="PDFs, images or videos")],
     service: IngestServiceDep,
-    wait: Annotated[bool, Query(description="ingest before answering (200) instead of queueing (202)")] = False,
+    wait: Annotated[
+        bool, Query(description="ingest before answering (200) instead of queueing (202)")
+    ] = False,
 ) -> JobPublic:
     """Upload files and ingest them in a job; poll ``/v1/jobs/{id}`` unless ``wait=true``."""
     limit = service.ctx.settings.max_upload_bytes

@@ -22,7 +22,11 @@ def search(name: str, body: SearchRequest, service: SearchServiceDep) -> SearchR
         except (binascii.Error, ValueError) as exc:
             raise InvalidInputError("image_base64 is not valid base64") from exc
     result = service.search(
-        name, query=body.query, image=image, top_k=body.top_k, document_ids=body.document_ids,
+        name,
+        query=body.query,
+        image=image,
+        top_k=body.top_k,
+        document_ids=body.document_ids,
         media_types=body.media_types,
     )
     hits = []
@@ -30,9 +34,20 @@ def search(name: str, body: SearchRequest, service: SearchServiceDep) -> SearchR
         image_url, thumbnail_url = unit_urls(h.unit_id)
         hits.append(
             SearchHit(
-                unit_id=h.unit_id, document_id=h.document_id, document=h.document, media_type=h.media_type,
-                kind=h.kind, page=h.page, t_start=h.t_start, t_end=h.t_end, score=h.score, text=h.text,
-                image_url=image_url, thumbnail_url=thumbnail_url,
+                unit_id=h.unit_id,
+                document_id=h.document_id,
+                document=h.document,
+                media_type=h.media_type,
+                kind=h.kind,
+                page=h.page,
+                t_start=h.t_start,
+                t_end=h.t_end,
+                score=h.score,
+                text=h.text,
+                image_url=image_url,
+                thumbnail_url=thumbnail_url,
             )
         )
-    return SearchResponse(query=result.query, hits=hits, took_ms=result.took_ms, units_searched=result.n_units)
+    return SearchResponse(
+        query=result.query, hits=hits, took_ms=result.took_ms, units_searched=result.n_units
+    )

@@ -16,7 +16,9 @@ def _blob(ctx: ContextDep, unit_id: int, thumbnail: bool) -> Response:
             raise NotFoundError(f"unit {unit_id} does not exist")
         key = unit.thumb_blob if thumbnail else unit.image_blob
     return Response(
-        ctx.blobs.get(key), media_type="image/jpeg", headers={"Cache-Control": "public, max-age=31536000, immutable"}
+        ctx.blobs.get(key),
+        media_type="image/jpeg",
+        headers={"Cache-Control": "public, max-age=31536000, immutable"},
     )
 
 

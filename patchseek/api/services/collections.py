@@ -32,7 +32,9 @@ def get_collection(session: Session, name: str) -> Collection:
 
 
 def active_version(session: Session, collection: Collection) -> IndexVersion:
-    version = session.get(IndexVersion, collection.active_version_id) if collection.active_version_id else None
+    version = (
+        session.get(IndexVersion, collection.active_version_id) if collection.active_version_id else None
+    )
     if version is None:
         raise NotFoundError(f"collection {collection.name!r} has no active index version")
     return version

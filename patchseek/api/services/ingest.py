@@ -87,7 +87,11 @@ class IngestService:
         with self.ctx.db.session() as session:
             collection = get_collection(session, collection_name)
             job = Job(
-                collection_id=collection.id, kind="ingest", status=status, payload={}, result={},
+                collection_id=collection.id,
+                kind="ingest",
+                status=status,
+                payload={},
+                result={},
                 started_at=utcnow() if status == "running" else None,
             )
             session.add(job)
@@ -107,8 +111,11 @@ class IngestService:
                 if existing is not None:
                     duplicates.append(
                         DocumentResult(
-                            filename=filename, status="duplicate", duplicate_of=int(existing),
-                            error="the same bytes are already in this collection", code="duplicate",
+                            filename=filename,
+                            status="duplicate",
+                            duplicate_of=int(existing),
+                            error="the same bytes are already in this collection",
+                            code="duplicate",
                         ).to_dict()
                     )
                     continue
@@ -219,10 +226,15 @@ class IngestService:
                 doc = session.get(Document, document_id)
                 if doc is None:
                     raise NotFoundError(f"document {document_id} was deleted during ingestion")
-                for row, (offset, n) in zip(rows, spans):
+                for row, (offset, n) in zip(rows, spans, strict=True):
                     session.add(
-                        Unit(document_id=document_id, collection_id=collection_id,
-                             patch_offset=offset, n_patches=n, **row)
+                        Unit(
+                            document_id=document_id,
+                            collection_id=collection_id,
+                            patch_offset=offset,
+                            n_patches=n,
+                            **row,
+                        )
                     )
                 doc.status, doc.n_units, doc.media_type = "ready", len(rows), media_type
                 doc.error = doc.error_code = None
@@ -237,14 +249,18 @@ class IngestService:
         except Exception as exc:  # one bad file must not stop the batch
             log.exception("unexpected error while ingesting %s", filename)
             return self._fail(
-                document_id, filename, media_type, "internal_error", f"unexpected error: {type(exc).__name__}: {exc}"
+                document_id,
+                filename,
+                media_type,
+                "internal_error",
+                f"unexpected error: {type(exc).__name__}: {exc}",
             )
 
     def _encode_batch(
         self, encoder: Any, batch: list[SourceUnit], rows: list[dict[str, Any]], bags: list[PatchBag]
     ) -> None:
         size = self.ctx.settings.thumbnail_size
-        for unit, bag in zip(batch, encoder.encode_units(batch)):
+        for unit, bag in zip(batch, encoder.encode_units(batch), strict=True):
             rows.append(
                 {
                     "ordinal": len(rows),

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 
 from patchseek.api.db.models import Document, Job, utcnow
 from patchseek.api.services.context import ServiceContext
@@ -38,7 +39,9 @@ class JobService:
             if job is None:
                 raise NotFoundError(f"job {job_id} does not exist")
             if job.status not in ("queued", "running"):
-                raise ConflictError(f"job {job_id} is {job.status}; only queued or running jobs can be cancelled")
+                raise ConflictError(
+                    f"job {job_id} is {job.status}; only queued or running jobs can be cancelled"
+                )
             was_queued = job.status == "queued"
             job.status = "cancelled"
             if was_queued:
@@ -55,7 +58,10 @@ class JobService:
         with self.ctx.db.session() as session:
             if self.ctx.db.is_postgres:
                 job = session.scalar(
-                    select(Job).where(Job.status == "queued").order_by(Job.id).limit(1)
+                    select(Job)
+                    .where(Job.status == "queued")
+                    .order_by(Job.id)
+                    .limit(1)
                     .with_for_update(skip_locked=True)
                 )
                 if job is None:
@@ -65,12 +71,12 @@ class JobService:
             job_id = session.scalar(select(Job.id).where(Job.status == "queued").order_by(Job.id).limit(1))
             if job_id is None:
                 return None
-            claimed = session.execute(
+            claimed: CursorResult[Any] = session.execute(  # type: ignore[assignment]
                 update(Job)
                 .where(Job.id == job_id, Job.status == "queued")
                 .values(status="running", started_at=utcnow(), attempts=Job.attempts + 1)
-            ).rowcount
-            return job_id if claimed else None
+            )
+            return job_id if claimed.rowcount else None
 
     def run(self, job_id: int) -> None:
         """Run a claimed job; an unexpected crash re-queues it up to ``MAX_ATTEMPTS`` times."""
@@ -90,9 +96,10 @@ class JobService:
     def requeue_stale(self) -> int:
         """Jobs left 'running' by a process that died go back to the queue (call at start-up)."""
         with self.ctx.db.session() as session:
-            return session.execute(
+            result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
                 update(Job).where(Job.status == "running").values(status="queued")
-            ).rowcount
+            )
+            return int(result.rowcount)
 
     def run_pending(self) -> int:
         """Run queued jobs until none is left; returns how many ran."""

@@ -76,7 +76,9 @@ class SearchService:
                 for doc_id in {r.document_id for r in rows}
             }
             index = PackedIndex.build(
-                [UnitRows(r.id, r.document_id, r.patch_offset, r.n_patches) for r in rows], arrays, version.dim
+                [UnitRows(r.id, r.document_id, r.patch_offset, r.n_patches) for r in rows],
+                arrays,
+                version.dim,
             )
             media = torch.tensor([_MEDIA.get(r.media_type or "", -1) for r in rows], dtype=torch.int8)
             cached = _CachedIndex(key, index, media)
@@ -140,9 +142,17 @@ class SearchService:
                 continue
             unit, doc = rows[s.unit_id]
             hits.append(
-                Hit(unit.id, doc.id, doc.filename, doc.media_type or "", unit.kind, unit.page,
-                    unit.t_start, unit.t_end, round(s.score, 6), unit.text)
+                Hit(
+                    unit.id,
+                    doc.id,
+                    doc.filename,
+                    doc.media_type or "",
+                    unit.kind,
+                    unit.page,
+                    unit.t_start,
+                    unit.t_end,
+                    round(s.score, 6),
+                    unit.text,
+                )
             )
         return hits
-
-

@@ -28,9 +28,7 @@ class Encoder(ABC):
     def encode_images(self, images: Sequence[Image.Image]) -> list[PatchBag]:
         """Encode page / image / frame images: one ``PatchBag`` per image."""
 
-    def encode_units(
-        self, units: Sequence[SourceUnit], progress: ProgressFn | None = None
-    ) -> list[PatchBag]:
+    def encode_units(self, units: Sequence[SourceUnit], progress: ProgressFn | None = None) -> list[PatchBag]:
         """Encode source units. The default encodes their images; text-aware encoders override it."""
         bags = self.encode_images([u.image for u in units])
         if progress is not None:

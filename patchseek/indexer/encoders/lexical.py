@@ -122,8 +122,10 @@ class LexicalEncoder(Encoder):
         vectors = np.stack([self._vector(t) for t, _ in tokens])  # (n, dim)
         centers = np.array([((b[1] + b[3]) / 2, (b[0] + b[2]) / 2) for _, b in tokens])  # (n, 2) y, x
         positions = np.stack(
-            [np.clip((centers[:, 0] * rows).astype(np.int64), 0, rows - 1),
-             np.clip((centers[:, 1] * cols).astype(np.int64), 0, cols - 1)],
+            [
+                np.clip((centers[:, 0] * rows).astype(np.int64), 0, rows - 1),
+                np.clip((centers[:, 1] * cols).astype(np.int64), 0, cols - 1),
+            ],
             axis=1,
         )  # (n, 2) row, col
         # Salience: rarer words within the unit matter more (a within-page IDF proxy), longer words too.
@@ -145,9 +147,7 @@ class LexicalEncoder(Encoder):
 
         return ocr_words(image)
 
-    def encode_units(
-        self, units: Sequence[SourceUnit], progress: ProgressFn | None = None
-    ) -> list[PatchBag]:
+    def encode_units(self, units: Sequence[SourceUnit], progress: ProgressFn | None = None) -> list[PatchBag]:
         """Text layer words where the unit has them; OCR of the image (and segment frames) otherwise."""
         bags = []
         for i, unit in enumerate(units):

@@ -58,7 +58,7 @@ def ocr_words(image: Image.Image, *, max_side: int = 1600) -> list[Word]:
         return []
     width, height = image.size
     words: list[Word] = []
-    for text, quad in zip(result.txts, result.boxes):
+    for text, quad in zip(result.txts, result.boxes, strict=True):
         quad = np.asarray(quad, dtype=np.float64)  # (4, 2) corners, x right, y down
         x0, y0 = quad[:, 0].min() / width, quad[:, 1].min() / height
         x1, y1 = quad[:, 0].max() / width, quad[:, 1].max() / height
@@ -71,6 +71,11 @@ def ocr_words(image: Image.Image, *, max_side: int = 1600) -> list[Word]:
             a = x0 + (x1 - x0) * cursor / total
             b = x0 + (x1 - x0) * (cursor + len(token)) / total
             cursor += len(token) + 1
-            box = (min(max(a, 0.0), 1.0), min(max(y0, 0.0), 1.0), min(max(b, 0.0), 1.0), min(max(y1, 0.0), 1.0))
+            box = (
+                min(max(a, 0.0), 1.0),
+                min(max(y0, 0.0), 1.0),
+                min(max(b, 0.0), 1.0),
+                min(max(y1, 0.0), 1.0),
+            )
             words.append(Word(token, box))
     return words

@@ -35,7 +35,7 @@ def read_image(data: bytes, *, max_side: int = 4096) -> SourceUnit:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             Image.MAX_IMAGE_PIXELS = MAX_DECODE_PIXELS
-            image = Image.open(io.BytesIO(data))
+            image: Image.Image = Image.open(io.BytesIO(data))
             if image.width * image.height > MAX_DECODE_PIXELS:
                 raise DocumentReadError(
                     f"the image is {image.width}x{image.height} pixels, over the {MAX_DECODE_PIXELS} limit"

@@ -20,7 +20,9 @@ def open_pdf(data: bytes) -> pdfium.PdfDocument:
             raise EncryptedDocumentError(
                 "the PDF is password-protected; remove the password and upload it again"
             ) from exc
-        raise DocumentReadError(f"the PDF cannot be read ({message}); it may be corrupt or truncated") from exc
+        raise DocumentReadError(
+            f"the PDF cannot be read ({message}); it may be corrupt or truncated"
+        ) from exc
 
 
 def page_words(page: pdfium.PdfPage) -> list[Word] | None:

@@ -15,7 +15,9 @@ def _open(data: bytes) -> av.container.InputContainer:
     try:
         container = av.open(io.BytesIO(data), mode="r")
     except (av.error.FFmpegError, ValueError) as exc:
-        raise DocumentReadError(f"the video cannot be opened ({exc}); it may be corrupt or truncated") from exc
+        raise DocumentReadError(
+            f"the video cannot be opened ({exc}); it may be corrupt or truncated"
+        ) from exc
     if not container.streams.video:
         container.close()
         raise DocumentReadError("the file has no video stream")
