@@ -93,5 +93,14 @@ class SegmentStore:
         for part in PARTS:
             self._path(collection_id, version, document_id, part).unlink(missing_ok=True)
 
+    def delete_document(self, collection_id: int, document_id: int) -> None:
+        """Remove a document's files from every index version of the collection."""
+        for folder in (self.root / str(int(collection_id))).glob("v*"):
+            for part in PARTS:
+                (folder / f"doc-{int(document_id)}.{part}.npy").unlink(missing_ok=True)
+
+    def drop_version(self, collection_id: int, version: int) -> None:
+        shutil.rmtree(self.folder(collection_id, version), ignore_errors=True)
+
     def drop_collection(self, collection_id: int) -> None:
         shutil.rmtree(self.root / str(int(collection_id)), ignore_errors=True)

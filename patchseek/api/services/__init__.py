@@ -6,6 +6,7 @@ from patchseek.api.services.collections import CollectionService
 from patchseek.api.services.context import ServiceContext
 from patchseek.api.services.ingest import DocumentResult, IngestService
 from patchseek.api.services.jobs import JobService, Worker
+from patchseek.api.services.rebuild import RebuildService
 from patchseek.api.services.search import Hit, SearchResult, SearchService
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "Hit",
     "IngestService",
     "JobService",
+    "RebuildService",
     "SearchResult",
     "SearchService",
     "ServiceContext",

@@ -15,9 +15,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from PIL import Image
-from sqlalchemy import select, update
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from patchseek.api.db.models import Collection, Document, Job, Unit, utcnow
+from patchseek.api.db.models import Collection, Document, IndexVersion, Job, Unit, utcnow
 from patchseek.api.services.collections import active_version, get_collection
 from patchseek.api.services.context import ServiceContext
 from patchseek.errors import (
@@ -183,67 +184,44 @@ class IngestService:
             return job
 
     def ingest_document(self, document_id: int, progress: DocumentProgress | None = None) -> DocumentResult:
-        """Read, encode and publish one pending document; failures are recorded on the document."""
+        """Read, encode and publish one pending document; failures are recorded on the document.
+
+        The units are written into the collection's active index version. If a rebuild swapped in a new
+        version while this document was being encoded, it is encoded again for the new one, so no
+        committed document is ever missing from the searchable version.
+        """
         with self.ctx.db.session() as session:
             doc = session.get(Document, document_id)
             if doc is None:
                 raise NotFoundError(f"document {document_id} does not exist")
-            collection = session.get(Collection, doc.collection_id)
-            assert collection is not None
-            version = active_version(session, collection)
-            filename, key, collection_id = doc.filename, doc.sha256, collection.id
-            encoder_spec, version_number, dim = collection.encoder, version.number, version.dim
+            filename, key, collection_id = doc.filename, doc.sha256, doc.collection_id
         media_type: str | None = None
         try:
-            data = self.ctx.blobs.get(key)
-            media_type, units = read_units(data, self.ctx.read_options)
-            encoder = self.ctx.encoder(encoder_spec)
-            if encoder.dim != dim:
-                raise ConflictError(
-                    f"the encoder now gives {encoder.dim}-d vectors but the index holds {dim}-d ones; "
-                    "rebuild the collection"
-                )
-            rows: list[dict[str, Any]] = []
-            bags: list[PatchBag] = []
-            batch: list[SourceUnit] = []
-            # Encode in small batches so a long PDF or video never holds all its images in memory.
-            batch_size = max(1, self.ctx.settings.batch_size)
-            for unit in units:
-                batch.append(unit)
-                if len(batch) >= batch_size:
-                    self._encode_batch(encoder, batch, rows, bags)
-                    batch = []
-                    if progress is not None:
-                        progress(filename, len(rows))
-            if batch:
-                self._encode_batch(encoder, batch, rows, bags)
-                if progress is not None:
-                    progress(filename, len(rows))
-            if not rows:
-                raise InvalidInputError("the file has no pages or frames")
-            spans = self.ctx.segments.write(collection_id, version_number, document_id, bags)
-            with self.ctx.db.session() as session:
-                doc = session.get(Document, document_id)
-                if doc is None:
-                    raise NotFoundError(f"document {document_id} was deleted during ingestion")
-                for row, (offset, n) in zip(rows, spans, strict=True):
-                    session.add(
-                        Unit(
-                            document_id=document_id,
-                            collection_id=collection_id,
-                            patch_offset=offset,
-                            n_patches=n,
-                            **row,
-                        )
+            for _attempt in range(3):
+                with self.ctx.db.session() as session:
+                    collection = session.get(Collection, collection_id)
+                    if collection is None:
+                        raise NotFoundError("the collection was deleted during ingestion")
+                    version = active_version(session, collection)
+                    session.expunge(version)
+                media_type, rows, bags = self.encode_source(key, version, progress, filename)
+                spans = self.ctx.segments.write(collection_id, version.number, document_id, bags)
+                with self.ctx.db.session() as session:
+                    # Lock the collection row: a rebuild's swap and this publish never interleave.
+                    collection = session.scalar(
+                        select(Collection).where(Collection.id == collection_id).with_for_update()
                     )
-                doc.status, doc.n_units, doc.media_type = "ready", len(rows), media_type
-                doc.error = doc.error_code = None
-                session.execute(
-                    update(Collection)
-                    .where(Collection.id == collection_id)
-                    .values(generation=Collection.generation + 1)
-                )
-            return DocumentResult(filename, "ready", document_id, len(rows), media_type)
+                    doc = session.get(Document, document_id)
+                    if collection is None or doc is None:
+                        raise NotFoundError(f"document {document_id} was deleted during ingestion")
+                    if collection.active_version_id != version.id:
+                        continue  # a rebuild swapped versions meanwhile: encode for the new one
+                    add_units(session, collection_id, version.id, document_id, rows, spans)
+                    doc.status, doc.n_units, doc.media_type = "ready", len(rows), media_type
+                    doc.error = doc.error_code = None
+                    collection.generation += 1
+                return DocumentResult(filename, "ready", document_id, len(rows), media_type)
+            raise ConflictError("the index version kept changing during ingestion; upload the file again")
         except PatchseekError as exc:
             return self._fail(document_id, filename, media_type, exc.code, str(exc))
         except Exception as exc:  # one bad file must not stop the batch
@@ -255,6 +233,45 @@ class IngestService:
                 "internal_error",
                 f"unexpected error: {type(exc).__name__}: {exc}",
             )
+
+    def encode_source(
+        self,
+        key: str,
+        version: IndexVersion,
+        progress: DocumentProgress | None = None,
+        filename: str = "",
+    ) -> tuple[str, list[dict[str, Any]], list[PatchBag]]:
+        """Read a stored file and encode its units with ``version``'s encoder.
+
+        Returns the media type, one row of unit metadata per unit (images stored as blobs) and the bags.
+        """
+        data = self.ctx.blobs.get(key)
+        media_type, units = read_units(data, self.ctx.read_options)
+        encoder = self.ctx.encoder(version.encoder)
+        if encoder.dim != version.dim:
+            raise ConflictError(
+                f"the encoder now gives {encoder.dim}-d vectors but the index holds {version.dim}-d ones; "
+                "rebuild the collection"
+            )
+        rows: list[dict[str, Any]] = []
+        bags: list[PatchBag] = []
+        batch: list[SourceUnit] = []
+        # Encode in small batches so a long PDF or video never holds all its images in memory.
+        batch_size = max(1, self.ctx.settings.batch_size)
+        for unit in units:
+            batch.append(unit)
+            if len(batch) >= batch_size:
+                self._encode_batch(encoder, batch, rows, bags)
+                batch = []
+                if progress is not None:
+                    progress(filename, len(rows))
+        if batch:
+            self._encode_batch(encoder, batch, rows, bags)
+            if progress is not None:
+                progress(filename, len(rows))
+        if not rows:
+            raise InvalidInputError("the file has no pages or frames")
+        return media_type, rows, bags
 
     def _encode_batch(
         self, encoder: Any, batch: list[SourceUnit], rows: list[dict[str, Any]], bags: list[PatchBag]
@@ -297,12 +314,32 @@ class IngestService:
             doc = session.get(Document, document_id)
             if doc is None or doc.collection_id != collection.id:
                 raise NotFoundError(f"document {document_id} is not in collection {collection_name!r}")
-            version = active_version(session, collection)
             session.delete(doc)
             collection.generation += 1
-            version_number = version.number
             collection_id = collection.id
-        self.ctx.segments.delete(collection_id, version_number, document_id)
+        self.ctx.segments.delete_document(collection_id, document_id)
+
+
+def add_units(
+    session: Session,
+    collection_id: int,
+    version_id: int,
+    document_id: int,
+    rows: Sequence[dict[str, Any]],
+    spans: Sequence[tuple[int, int]],
+) -> None:
+    """Insert a document's unit rows for one index version (``spans`` from ``SegmentStore.write``)."""
+    for row, (offset, n) in zip(rows, spans, strict=True):
+        session.add(
+            Unit(
+                document_id=document_id,
+                collection_id=collection_id,
+                index_version_id=version_id,
+                patch_offset=offset,
+                n_patches=n,
+                **row,
+            )
+        )
 
 
 def _safe_filename(name: str) -> str:

@@ -15,6 +15,7 @@ from sqlalchemy import CursorResult, select, update
 from patchseek.api.db.models import Document, Job, utcnow
 from patchseek.api.services.context import ServiceContext
 from patchseek.api.services.ingest import IngestService
+from patchseek.api.services.rebuild import RebuildService
 from patchseek.errors import ConflictError, NotFoundError
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ class JobService:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
         self.ingest = IngestService(ctx)
+        self.rebuild = RebuildService(ctx)
 
     def get(self, job_id: int) -> Job:
         with self.ctx.db.session() as session:
@@ -81,7 +83,13 @@ class JobService:
     def run(self, job_id: int) -> None:
         """Run a claimed job; an unexpected crash re-queues it up to ``MAX_ATTEMPTS`` times."""
         try:
-            self.ingest.run_job(job_id)
+            with self.ctx.db.session() as session:
+                job = session.get(Job, job_id)
+                kind = job.kind if job is not None else "ingest"
+            if kind == "rebuild":
+                self.rebuild.run_job(job_id)
+            else:
+                self.ingest.run_job(job_id)
         except Exception as exc:
             log.exception("job %s crashed", job_id)
             with self.ctx.db.session() as session:

@@ -68,7 +68,7 @@ class SearchService:
                 rows = session.execute(
                     select(Unit.id, Unit.document_id, Unit.patch_offset, Unit.n_patches, Document.media_type)
                     .join(Document, Document.id == Unit.document_id)
-                    .where(Unit.collection_id == collection.id, Document.status == "ready")
+                    .where(Unit.index_version_id == version.id, Document.status == "ready")
                     .order_by(Unit.id)
                 ).all()
             arrays = {

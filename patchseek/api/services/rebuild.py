@@ -1,0 +1,259 @@
+"""Index rebuilds: a new index version built beside the active one, then swapped in atomically.
+
+Searches keep using the old version until the swap, a single transaction that moves
+``Collection.active_version_id``; the old version's units and files are dropped afterwards. When the
+encoder is unchanged the stored vectors are copied (no re-encoding); otherwise every document is read
+again from its original bytes in the blob store and encoded with the new encoder.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import delete, exists, func, select
+
+from patchseek.api.db.models import Collection, Document, IndexVersion, Job, Unit, utcnow
+from patchseek.api.services.collections import active_version, get_collection
+from patchseek.api.services.context import ServiceContext
+from patchseek.api.services.ingest import IngestService, add_units
+from patchseek.errors import ConflictError, NotFoundError, PatchseekError
+from patchseek.types import PatchBag
+
+log = logging.getLogger(__name__)
+
+
+class RebuildService:
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self.ingest = IngestService(ctx)
+
+    def submit(
+        self,
+        collection_name: str,
+        *,
+        encoder: str | None = None,
+        compression: dict[str, Any] | None = None,
+        status: str = "queued",
+    ) -> Job:
+        """Queue a rebuild; ``encoder`` / ``compression`` default to the collection's current ones."""
+        with self.ctx.db.session() as session:
+            collection = get_collection(session, collection_name)
+            busy = session.scalar(
+                select(func.count(Job.id)).where(
+                    Job.collection_id == collection.id,
+                    Job.kind == "rebuild",
+                    Job.status.in_(("queued", "running")),
+                )
+            )
+            if busy:
+                raise ConflictError(f"collection {collection_name!r} already has a rebuild queued or running")
+            if encoder is not None:
+                self.ctx.check_encoder_spec(encoder)
+            job = Job(
+                collection_id=collection.id,
+                kind="rebuild",
+                status=status,
+                payload={"encoder": encoder, "compression": compression},
+                result={},
+                started_at=utcnow() if status == "running" else None,
+            )
+            session.add(job)
+            session.flush()
+            return job
+
+    def run_job(self, job_id: int) -> Job:
+        """Build the new version, swap it in, drop the old one."""
+        with self.ctx.db.session() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                raise NotFoundError(f"job {job_id} does not exist")
+            collection = session.get(Collection, job.collection_id)
+            if collection is None:
+                raise NotFoundError("the collection was deleted")
+            old = active_version(session, collection)
+            spec = job.payload.get("encoder") or collection.encoder
+            compression = job.payload.get("compression")
+            compression = collection.compression if compression is None else compression
+            collection_id = collection.id
+            old_id, old_number = old.id, old.number
+            reuse_vectors = spec == old.encoder
+        encoder = self.ctx.encoder(spec)
+        reuse_vectors = reuse_vectors and encoder.revision == old.encoder_revision
+        with self.ctx.db.session() as session:
+            number = session.scalar(
+                select(func.max(IndexVersion.number)).where(IndexVersion.collection_id == collection_id)
+            )
+            new = IndexVersion(
+                collection_id=collection_id,
+                number=(number or 0) + 1,
+                encoder=spec,
+                encoder_revision=encoder.revision,
+                dim=encoder.dim,
+                compression=compression,
+                status="building",
+            )
+            session.add(new)
+            session.flush()
+            session.expunge(new)
+        results: list[dict[str, Any]] = []
+        try:
+            while True:
+                missing = self._missing(collection_id, new.id)
+                if not missing:
+                    if self._swap(collection_id, new, old_id):
+                        break
+                    continue
+                with self.ctx.db.session() as session:
+                    job = session.get(Job, job_id)
+                    assert job is not None
+                    if job.status == "cancelled":
+                        raise ConflictError("the rebuild was cancelled")
+                    job.total = len(results) + len(missing)
+                for document_id, filename, key in missing:
+                    results.append(
+                        self._rebuild_document(document_id, filename, key, new, old_number, reuse_vectors)
+                    )
+                    with self.ctx.db.session() as session:
+                        job = session.get(Job, job_id)
+                        assert job is not None
+                        job.progress = len(results)
+        except Exception as exc:
+            # The old version stays active; the half-built one is dropped.
+            self._drop_version(collection_id, new.id, new.number)
+            with self.ctx.db.session() as session:
+                job = session.get(Job, job_id)
+                assert job is not None
+                if job.status != "cancelled":
+                    job.status = "failed"
+                job.error = str(exc) if isinstance(exc, PatchseekError) else f"{type(exc).__name__}: {exc}"
+                job.result = {"documents": results}
+                job.finished_at = utcnow()
+                if not isinstance(exc, PatchseekError):
+                    log.exception("rebuild %s failed", job_id)
+                return job
+        self._drop_version(collection_id, old_id, old_number)
+        with self.ctx.db.session() as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            failed = sum(r["status"] == "failed" for r in results)
+            job.status = "partial" if failed else "succeeded"
+            job.result = {"documents": results, "index_version": new.number}
+            job.finished_at = utcnow()
+            return job
+
+    def _missing(self, collection_id: int, version_id: int) -> list[tuple[int, str, str]]:
+        """Ready documents that have no units in the new version yet."""
+        with self.ctx.db.session() as session:
+            has_units = exists().where(Unit.document_id == Document.id, Unit.index_version_id == version_id)
+            rows = session.execute(
+                select(Document.id, Document.filename, Document.sha256)
+                .where(Document.collection_id == collection_id, Document.status == "ready", ~has_units)
+                .order_by(Document.id)
+            ).all()
+            return [(r.id, r.filename, r.sha256) for r in rows]
+
+    def _rebuild_document(
+        self, document_id: int, filename: str, key: str, new: IndexVersion, old_number: int, reuse: bool
+    ) -> dict[str, Any]:
+        try:
+            if reuse:
+                rows, bags = self._stored(document_id, new.collection_id, old_number)
+            else:
+                _, rows, bags = self.ingest.encode_source(key, new, filename=filename)
+            spans = self.ctx.segments.write(new.collection_id, new.number, document_id, bags)
+            with self.ctx.db.session() as session:
+                if session.get(Document, document_id) is None:  # deleted meanwhile
+                    return {"filename": filename, "document_id": document_id, "status": "deleted"}
+                add_units(session, new.collection_id, new.id, document_id, rows, spans)
+            return {"filename": filename, "document_id": document_id, "status": "ready", "n_units": len(rows)}
+        except PatchseekError as exc:
+            # The document stays searchable in the old version until the swap; after it, it is marked
+            # failed so that it does not silently disappear.
+            with self.ctx.db.session() as session:
+                doc = session.get(Document, document_id)
+                if doc is not None:
+                    doc.status, doc.error, doc.error_code = "failed", f"rebuild: {exc}", exc.code
+            return {
+                "filename": filename,
+                "document_id": document_id,
+                "status": "failed",
+                "error": str(exc),
+                "code": exc.code,
+            }
+
+    def _stored(
+        self, document_id: int, collection_id: int, old_number: int
+    ) -> tuple[list[dict[str, Any]], list[PatchBag]]:
+        """The document's units and vectors as stored in the old version."""
+        with self.ctx.db.session() as session:
+            units = session.scalars(
+                select(Unit)
+                .join(IndexVersion, IndexVersion.id == Unit.index_version_id)
+                .where(Unit.document_id == document_id, IndexVersion.number == old_number)
+                .order_by(Unit.ordinal)
+            ).all()
+        rows, bags = [], []
+        for u in units:
+            bag = self.ctx.segments.read_unit(
+                collection_id, old_number, document_id, u.patch_offset, u.n_patches
+            )
+            bags.append(
+                PatchBag(bag.vectors, bag.salience, bag.positions, (u.grid_rows, u.grid_cols), u.text)
+            )
+            rows.append(
+                {
+                    c: getattr(u, c)
+                    for c in (
+                        "ordinal",
+                        "kind",
+                        "page",
+                        "t_start",
+                        "t_end",
+                        "width",
+                        "height",
+                        "grid_rows",
+                        "grid_cols",
+                        "image_blob",
+                        "thumb_blob",
+                        "text",
+                    )
+                }
+            )
+        return rows, bags
+
+    def _swap(self, collection_id: int, new: IndexVersion, old_id: int) -> bool:
+        """Make ``new`` active if no ready document is missing from it (checked under the row lock)."""
+        with self.ctx.db.session() as session:
+            collection = session.scalar(
+                select(Collection).where(Collection.id == collection_id).with_for_update()
+            )
+            if collection is None:
+                raise NotFoundError("the collection was deleted during the rebuild")
+            has_units = exists().where(Unit.document_id == Document.id, Unit.index_version_id == new.id)
+            late = session.scalar(
+                select(func.count(Document.id)).where(
+                    Document.collection_id == collection_id, Document.status == "ready", ~has_units
+                )
+            )
+            if late:
+                return False
+            collection.active_version_id = new.id
+            collection.encoder = new.encoder
+            collection.compression = new.compression
+            collection.generation += 1
+            version = session.get(IndexVersion, new.id)
+            old = session.get(IndexVersion, old_id)
+            assert version is not None
+            version.status = "active"
+            if old is not None:
+                old.status = "retired"
+            return True
+
+    def _drop_version(self, collection_id: int, version_id: int, number: int) -> None:
+        with self.ctx.db.session() as session:
+            session.execute(delete(Unit).where(Unit.index_version_id == version_id))
+            version = session.get(IndexVersion, version_id)
+            if version is not None and version.status != "active":
+                version.status = "retired"
+        self.ctx.segments.drop_version(collection_id, number)
