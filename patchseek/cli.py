@@ -191,6 +191,87 @@ def collections() -> None:
 
 
 @app.command()
+def rebuild(
+    collection: Annotated[str, typer.Option("--collection", "-c")] = "default",
+    encoder: Annotated[
+        str | None, typer.Option(help="switch to this encoder (re-encodes from sources)")
+    ] = None,
+) -> None:
+    """Rebuild a collection into a new index version and swap it in atomically."""
+    from patchseek.api.services import RebuildService
+
+    ctx = _context()
+    try:
+        service = RebuildService(ctx)
+        job = service.run_job(service.submit(collection, encoder=encoder, status="running").id)
+    except PatchseekError as exc:
+        _fail(exc)
+        return
+    finally:
+        ctx.close()
+    failed = [d for d in job.result.get("documents", []) if d["status"] == "failed"]
+    for d in failed:
+        console.print(f"[red]failed[/red] {d['filename']}: {d.get('error')}")
+    if job.status in ("succeeded", "partial"):
+        console.print(f"collection {collection!r} now serves index version {job.result['index_version']}")
+    else:
+        console.print(f"[red]rebuild failed[/red]: {job.error}; the previous index version keeps serving")
+        raise typer.Exit(1)
+
+
+keys_app = typer.Typer(help="API keys (stored hashed; the key is printed once, at creation).")
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="who or what the key is for")],
+    collection: Annotated[
+        list[str] | None, typer.Option("--collection", "-c", help="limit the key to these collections")
+    ] = None,
+) -> None:
+    """Create an API key and print it (only this once)."""
+    from patchseek.api.services.keys import KeyService
+
+    ctx = _context()
+    try:
+        row, key = KeyService(ctx).create(name, collection)
+    finally:
+        ctx.close()
+    console.print(f"key {row.id} ({name}), scope: {', '.join(row.collections) if row.collections else 'all'}")
+    print(key)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List API keys (prefix, scope, revoked)."""
+    from patchseek.api.services.keys import KeyService
+
+    ctx = _context()
+    try:
+        for row in KeyService(ctx).list():
+            scope = ",".join(row.collections) if row.collections else "*"
+            state = "revoked" if row.revoked_at else "active"
+            print(f"{row.id}\t{row.prefix}…\t{row.name}\t{scope}\t{state}")
+    finally:
+        ctx.close()
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: int) -> None:
+    """Revoke an API key by id."""
+    from patchseek.api.services.keys import KeyService
+
+    ctx = _context()
+    try:
+        KeyService(ctx).revoke(key_id)
+    except PatchseekError as exc:
+        _fail(exc)
+    finally:
+        ctx.close()
+
+
+@app.command()
 def serve(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8000,

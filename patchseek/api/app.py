@@ -3,29 +3,36 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import patchseek
+from patchseek import metrics
 from patchseek.api.deps import require_api_key
-from patchseek.api.routers import collections, documents, health, jobs, search, units
+from patchseek.api.routers import collections, context, documents, health, jobs, search, units
+from patchseek.api.routers import metrics as metrics_router
 from patchseek.api.services import (
     CollectionService,
     IngestService,
     JobService,
+    RebuildService,
     SearchService,
     ServiceContext,
     Worker,
 )
+from patchseek.api.services.keys import KeyService
 from patchseek.config import Settings
 from patchseek.errors import PatchseekError
 
 log = logging.getLogger(__name__)
+STATIC_DIR = Path(__file__).parent / "static"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -41,6 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.ingest = IngestService(ctx)
         app.state.jobs = JobService(ctx)
         app.state.search = SearchService(ctx)
+        app.state.rebuild = RebuildService(ctx)
+        app.state.keys = KeyService(ctx)
         app.state.worker = None
         if settings.worker_in_process:
             app.state.jobs.requeue_stale()
@@ -86,8 +95,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse({"detail": str(exc.detail), "code": code}, status_code=exc.status_code)
 
+    @app.middleware("http")
+    async def _timing(request: Request, call_next):  # type: ignore[no-untyped-def]
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", "unmatched")
+        metrics.REQUEST_LATENCY.labels(template, request.method, str(response.status_code)).observe(
+            time.perf_counter() - start
+        )
+        return response
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        """The web page: upload, search, results with thumbnails, page/time and heat maps."""
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
     app.include_router(health.router)
+    app.include_router(metrics_router.router)
     secured = [Depends(require_api_key)]
-    for module in (collections, documents, jobs, search, units):
+    for module in (collections, documents, jobs, search, context, units):
         app.include_router(module.router, dependencies=secured)
     return app

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from fastapi.security import APIKeyHeader
 
 from patchseek.api.services import (
     CollectionService,
     IngestService,
     JobService,
+    RebuildService,
     SearchService,
     ServiceContext,
 )
-from patchseek.errors import AuthError
+from patchseek.api.services.keys import Principal
 
 
 def get_context(request: Request) -> ServiceContext:
@@ -26,13 +26,17 @@ ContextDep = Annotated[ServiceContext, Depends(get_context)]
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 
-def require_api_key(ctx: ContextDep, key: Annotated[str | None, Depends(_api_key)] = None) -> None:
-    """When ``PATCHSEEK_API_KEYS`` is set, every request must carry one of them in ``X-API-Key``."""
-    keys = ctx.settings.api_keys
-    if not keys:
-        return
-    if key is None or not any(hmac.compare_digest(key, k) for k in keys):
-        raise AuthError("a valid X-API-Key header is required")
+def require_api_key(request: Request, key: Annotated[str | None, Depends(_api_key)] = None) -> Principal:
+    """The caller. Once any API key exists (environment or database) every request needs one in
+    ``X-API-Key``; a key scoped to collections may only touch those (checked per route)."""
+    principal = request.app.state.keys.authenticate(key)
+    name = request.path_params.get("name")
+    if name is not None:
+        principal.check(name)
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(require_api_key)]
 
 
 def get_collections(request: Request) -> CollectionService:
@@ -47,6 +51,10 @@ def get_jobs(request: Request) -> JobService:
     return request.app.state.jobs  # type: ignore[no-any-return]
 
 
+def get_rebuild(request: Request) -> RebuildService:
+    return request.app.state.rebuild  # type: ignore[no-any-return]
+
+
 def get_search(request: Request) -> SearchService:
     return request.app.state.search  # type: ignore[no-any-return]
 
@@ -54,4 +62,9 @@ def get_search(request: Request) -> SearchService:
 CollectionServiceDep = Annotated[CollectionService, Depends(get_collections)]
 IngestServiceDep = Annotated[IngestService, Depends(get_ingest)]
 JobServiceDep = Annotated[JobService, Depends(get_jobs)]
+RebuildServiceDep = Annotated[RebuildService, Depends(get_rebuild)]
 SearchServiceDep = Annotated[SearchService, Depends(get_search)]
+
+
+# A database id in a URL path (32-bit, positive); larger numbers get a 422 instead of reaching the database.
+IdPath = Annotated[int, Path(ge=1, le=2_147_483_647)]

@@ -142,3 +142,84 @@ def test_api_keys(tmp_path) -> None:  # type: ignore[no-untyped-def]
         assert client.get("/v1/collections", headers={"X-API-Key": "wrong"}).status_code == 401
         assert client.get("/v1/collections", headers={"X-API-Key": "s3cret"}).status_code == 200
         assert client.get("/healthz").status_code == 200
+
+
+def test_scoped_keys_are_hashed_at_rest(tmp_path, samples) -> None:  # type: ignore[no-untyped-def]
+    from patchseek.api.db.models import ApiKey
+    from patchseek.api.services import ServiceContext
+    from patchseek.api.services.keys import KeyService
+
+    settings = make_settings(tmp_path / "data", None, ocr=False)
+    ctx = ServiceContext.from_settings(settings)
+    keys = KeyService(ctx)
+    _, admin = keys.create("ops")
+    row, scoped = keys.create("app", ["a"])
+    with ctx.db.session() as session:
+        stored = {k.key_hash for k in session.query(ApiKey)}
+    assert admin not in str(stored) and scoped not in str(stored) and len(stored) == 2
+    ctx.close()
+    with running_server(settings) as client:
+        assert client.get("/v1/collections").status_code == 401  # keys exist in the database
+        for name in ("a", "b"):
+            assert client.post("/v1/collections", json={"name": name}, headers={"X-API-Key": admin}).status_code == 201
+        h = {"X-API-Key": scoped}
+        assert client.post("/v1/collections", json={"name": "c"}, headers=h).json()["code"] == "forbidden"
+        assert [c["name"] for c in client.get("/v1/collections", headers=h).json()] == ["a"]
+        r = client.post("/v1/collections/a/documents", params={"wait": "true"}, headers=h, files=_files(samples.pdf))
+        assert r.status_code == 200
+        unit_id = client.post("/v1/collections/a/search", json={"query": "glacier"}, headers=h).json()["hits"][0]["unit_id"]
+        assert client.get(f"/v1/units/{unit_id}/image", headers=h).status_code == 200
+        r = client.post("/v1/collections/b/search", json={"query": "glacier"}, headers=h)
+        assert r.status_code == 403 and r.json()["code"] == "forbidden"
+        # The same unit through a key that may not see its collection.
+        keys_ctx = ServiceContext.from_settings(settings)
+        _, other = KeyService(keys_ctx).create("other", ["b"])
+        KeyService(keys_ctx).revoke(row.id)
+        keys_ctx.close()
+        assert client.get(f"/v1/units/{unit_id}/image", headers={"X-API-Key": other}).status_code == 403
+        assert client.get("/v1/collections", headers=h).status_code == 401  # revoked
+
+
+def test_rag_context_heatmap_rebuild_metrics_page(tmp_path, samples) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(tmp_path / "data", None, worker_in_process=True, ocr=False)
+    with running_server(settings) as client:
+        client.post("/v1/collections", json={"name": "docs"})
+        client.post("/v1/collections/docs/documents", params={"wait": "true"}, files=_files(samples.pdf))
+
+        ctx = client.post("/v1/collections/docs/context", json={"query": "glacier meltwater", "top_k": 2}).json()
+        first = ctx["items"][0]
+        assert first["citation"] == "report.pdf, p. 3" and "meltwater" in first["text"]
+        assert first["image_url"].startswith("http://127.0.0.1:") and first["image_url"].endswith("/image")
+        content = ctx["message"]["content"]
+        assert ctx["message"]["role"] == "user" and content[0]["type"] == "text"
+        assert "[1] report.pdf, p. 3" in content[0]["text"]
+        assert [p["type"] for p in content[1:]] == ["image_url", "image_url"]
+        inline = client.post("/v1/collections/docs/context", json={"query": "glacier", "top_k": 1, "images": "base64"})
+        data_url = inline.json()["items"][0]["image_url"]
+        assert data_url.startswith("data:image/jpeg;base64,")
+        assert Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).format == "JPEG"
+
+        # Heat map: the query's words light up where they are on the page (the title is at the top).
+        heat = Image.open(io.BytesIO(client.get(f"/v1/units/{first['unit_id']}/heatmap",
+                                                params={"query": "glacier retreat"}).content)).convert("RGB")
+        plain = Image.open(io.BytesIO(client.get(f"/v1/units/{first['unit_id']}/image").content)).convert("RGB")
+        import numpy as np
+
+        diff = np.abs(np.asarray(heat, dtype=np.int16) - np.asarray(plain, dtype=np.int16)).sum(axis=2)
+        rows = diff.mean(axis=1)
+        assert rows[: len(rows) // 5].mean() > 5 * rows[len(rows) // 2 :].mean()
+        assert client.get(f"/v1/units/{first['unit_id']}/heatmap").status_code == 422
+
+        # Rebuild through the API: a job; the new version answers the same.
+        job = client.post("/v1/collections/docs/rebuild", json={}).json()
+        assert wait_for_job(client, job["id"])["status"] == "succeeded"
+        hits = client.post("/v1/collections/docs/search", json={"query": "glacier meltwater"}).json()["hits"]
+        assert hits[0]["page"] == 3
+
+        text = client.get("/metrics").text
+        assert 'patchseek_documents_ingested_total{status="ready"}' in text
+        assert 'patchseek_index_units{collection="docs"} 3.0' in text
+        assert "patchseek_request_seconds_bucket" in text and "patchseek_jobs_queued 0.0" in text
+
+        page = client.get("/")
+        assert page.status_code == 200 and "patchseek" in page.text and "/v1/collections" in page.text

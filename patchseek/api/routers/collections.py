@@ -1,9 +1,10 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 
-from patchseek.api.deps import CollectionServiceDep
-from patchseek.api.schemas import CollectionCreate, CollectionPublic
+from patchseek.api.deps import CollectionServiceDep, PrincipalDep, RebuildServiceDep
+from patchseek.api.routers._views import job_public
+from patchseek.api.schemas import CollectionCreate, CollectionPublic, JobPublic, RebuildRequest
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"])
 
@@ -22,7 +23,11 @@ def _public(row: tuple) -> CollectionPublic:  # type: ignore[type-arg]
 
 
 @router.post("", response_model=CollectionPublic, status_code=status.HTTP_201_CREATED)
-def create_collection(body: CollectionCreate, service: CollectionServiceDep) -> CollectionPublic:
+def create_collection(
+    body: CollectionCreate, service: CollectionServiceDep, principal: PrincipalDep
+) -> CollectionPublic:
+    """Create a collection with its encoder and compression settings (recorded in its index version)."""
+    principal.require_admin()
     service.create(
         body.name, description=body.description, encoder=body.encoder, compression=body.compression
     )
@@ -30,8 +35,12 @@ def create_collection(body: CollectionCreate, service: CollectionServiceDep) -> 
 
 
 @router.get("", response_model=list[CollectionPublic])
-def list_collections(service: CollectionServiceDep) -> list[CollectionPublic]:
-    return [_public(row) for row in service.list()]
+def list_collections(service: CollectionServiceDep, principal: PrincipalDep) -> list[CollectionPublic]:
+    """The collections this key may use, with document and unit counts."""
+    rows = service.list()
+    if principal.collections is not None:
+        rows = [r for r in rows if r[0].name in principal.collections]
+    return [_public(row) for row in rows]
 
 
 @router.get("/{name}", response_model=CollectionPublic)
@@ -42,3 +51,15 @@ def get_collection(name: str, service: CollectionServiceDep) -> CollectionPublic
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_collection(name: str, service: CollectionServiceDep) -> None:
     service.delete(name)
+
+
+@router.post("/{name}/rebuild", response_model=JobPublic, status_code=status.HTTP_202_ACCEPTED)
+def rebuild_collection(
+    name: str, body: RebuildRequest, request: Request, service: RebuildServiceDep
+) -> JobPublic:
+    """Queue a rebuild into a new index version (optionally with a new encoder or compression); the
+    old version keeps serving searches until the new one is swapped in."""
+    job = service.submit(name, encoder=body.encoder, compression=body.compression)
+    if (worker := getattr(request.app.state, "worker", None)) is not None:
+        worker.wake()
+    return job_public(job, name)

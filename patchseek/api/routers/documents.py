@@ -6,7 +6,7 @@ from fastapi import APIRouter, File, Query, Request, Response, UploadFile, statu
 from sqlalchemy import select
 
 from patchseek.api.db.models import Document, Unit
-from patchseek.api.deps import ContextDep, IngestServiceDep
+from patchseek.api.deps import ContextDep, IdPath, IngestServiceDep
 from patchseek.api.routers._views import document_detail, document_public, job_public
 from patchseek.api.schemas import DocumentDetail, DocumentPublic, JobPublic
 from patchseek.api.services.collections import get_collection
@@ -71,7 +71,7 @@ def list_documents(
 
 
 @router.get("/{document_id}", response_model=DocumentDetail)
-def get_document(name: str, document_id: int, ctx: ContextDep) -> DocumentDetail:
+def get_document(name: str, document_id: IdPath, ctx: ContextDep) -> DocumentDetail:
     with ctx.db.session() as session:
         collection = get_collection(session, name)
         doc = session.get(Document, document_id)
@@ -82,5 +82,5 @@ def get_document(name: str, document_id: int, ctx: ContextDep) -> DocumentDetail
 
 
 @router.delete("/{document_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_document(name: str, document_id: int, service: IngestServiceDep) -> None:
+def delete_document(name: str, document_id: IdPath, service: IngestServiceDep) -> None:
     service.delete_document(name, document_id)

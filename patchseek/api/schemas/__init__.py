@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+# Database ids are 32-bit integers (PostgreSQL INTEGER); anything outside is refused up front.
+MAX_ID = 2_147_483_647
+DbId = Annotated[int, Field(ge=1, le=MAX_ID)]
 
 
 class ErrorPublic(BaseModel):
@@ -94,7 +98,7 @@ class SearchRequest(BaseModel):
     query: str | None = Field(default=None, max_length=4096, description="text query")
     image_base64: str | None = Field(default=None, max_length=20_000_000, description="image query")
     top_k: int = Field(default=10, ge=1, le=1000)
-    document_ids: list[int] | None = Field(default=None, max_length=10_000)
+    document_ids: list[DbId] | None = Field(default=None, max_length=10_000)
     media_types: list[Literal["pdf", "image", "video"]] | None = None
 
 
@@ -118,3 +122,44 @@ class SearchResponse(BaseModel):
     hits: list[SearchHit]
     took_ms: float
     units_searched: int
+
+
+class RebuildRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    encoder: str | None = Field(default=None, max_length=512, description="default: the collection's")
+    compression: dict[str, Any] | None = Field(default=None, description="default: the collection's")
+
+
+class ContextRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(min_length=1, max_length=4096)
+    top_k: int = Field(default=5, ge=1, le=50)
+    images: Literal["url", "base64", "none"] = Field(
+        default="url", description="page images as absolute URLs, inline data URLs, or left out"
+    )
+
+
+class ContextItemPublic(BaseModel):
+    rank: int
+    citation: str
+    document: str
+    document_id: int
+    unit_id: int
+    media_type: str
+    page: int | None
+    t_start: float | None
+    t_end: float | None
+    score: float
+    text: str
+    image_url: str | None
+
+
+class ContextResponse(BaseModel):
+    """Retrieved context for a chat app. ``message`` is an OpenAI-style user message (text and
+    image_url content parts) that can be sent as is, before the user's question."""
+
+    query: str
+    items: list[ContextItemPublic]
+    message: dict[str, Any]

@@ -10,7 +10,14 @@ from sqlalchemy.orm import Session
 
 from patchseek.api.db.models import Collection, Document, IndexVersion, Job
 from patchseek.api.services.context import ServiceContext
-from patchseek.errors import ConflictError, InvalidInputError, NotFoundError
+from patchseek.errors import (
+    ConflictError,
+    InvalidInputError,
+    MissingDependencyError,
+    ModelLoadError,
+    NotFoundError,
+)
+from patchseek.indexer.compress import CompressionConfig
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -57,13 +64,18 @@ class CollectionService:
         validate_name(name)
         spec = encoder or self.ctx.settings.encoder
         self.ctx.check_encoder_spec(spec)
+        compression = CompressionConfig.from_dict(compression or {}).to_dict()
         with self.ctx.db.session() as session:
             existing = session.scalar(select(Collection).where(Collection.name == name))
             if existing is not None:
                 if exist_ok:
                     return existing
                 raise ConflictError(f"collection {name!r} already exists")
-        enc = self.ctx.encoder(spec)
+        try:
+            enc = self.ctx.encoder(spec)
+        except (ModelLoadError, MissingDependencyError) as exc:
+            # The client chose the encoder: a model that cannot be loaded is their input to fix.
+            raise InvalidInputError(f"encoder {spec!r} cannot be loaded: {exc}") from exc
         with self.ctx.db.session() as session:
             collection = Collection(
                 name=name, description=description, encoder=spec, compression=compression or {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from patchseek import metrics
 from patchseek.api.db.models import Collection, Document, IndexVersion, Job, Unit, utcnow
 from patchseek.api.services.collections import active_version, get_collection
 from patchseek.api.services.context import ServiceContext
@@ -184,6 +186,14 @@ class IngestService:
             return job
 
     def ingest_document(self, document_id: int, progress: DocumentProgress | None = None) -> DocumentResult:
+        start = time.perf_counter()
+        result = self._ingest_document(document_id, progress)
+        metrics.INGEST_SECONDS.inc(time.perf_counter() - start)
+        metrics.DOCUMENTS_INGESTED.labels(result.status).inc()
+        metrics.UNITS_INGESTED.inc(result.n_units)
+        return result
+
+    def _ingest_document(self, document_id: int, progress: DocumentProgress | None = None) -> DocumentResult:
         """Read, encode and publish one pending document; failures are recorded on the document.
 
         The units are written into the collection's active index version. If a rebuild swapped in a new

@@ -16,7 +16,7 @@ from sqlalchemy import delete, exists, func, select
 from patchseek.api.db.models import Collection, Document, IndexVersion, Job, Unit, utcnow
 from patchseek.api.services.collections import active_version, get_collection
 from patchseek.api.services.context import ServiceContext
-from patchseek.api.services.ingest import IngestService, add_units
+from patchseek.api.services.ingest import DocumentResult, IngestService, add_units
 from patchseek.errors import ConflictError, NotFoundError, PatchseekError
 from patchseek.types import PatchBag
 
@@ -111,9 +111,11 @@ class RebuildService:
                         raise ConflictError("the rebuild was cancelled")
                     job.total = len(results) + len(missing)
                 for document_id, filename, key in missing:
-                    results.append(
-                        self._rebuild_document(document_id, filename, key, new, old_number, reuse_vectors)
+                    result = self._rebuild_document(
+                        document_id, filename, key, new, old_number, reuse_vectors
                     )
+                    if result is not None:
+                        results.append(result)
                     with self.ctx.db.session() as session:
                         job = session.get(Job, job_id)
                         assert job is not None
@@ -155,7 +157,8 @@ class RebuildService:
 
     def _rebuild_document(
         self, document_id: int, filename: str, key: str, new: IndexVersion, old_number: int, reuse: bool
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | None:
+        """Write one document into the new version; None if it was deleted meanwhile."""
         try:
             if reuse:
                 rows, bags = self._stored(document_id, new.collection_id, old_number)
@@ -164,9 +167,9 @@ class RebuildService:
             spans = self.ctx.segments.write(new.collection_id, new.number, document_id, bags)
             with self.ctx.db.session() as session:
                 if session.get(Document, document_id) is None:  # deleted meanwhile
-                    return {"filename": filename, "document_id": document_id, "status": "deleted"}
+                    return None
                 add_units(session, new.collection_id, new.id, document_id, rows, spans)
-            return {"filename": filename, "document_id": document_id, "status": "ready", "n_units": len(rows)}
+            return DocumentResult(filename, "ready", document_id, len(rows)).to_dict()
         except PatchseekError as exc:
             # The document stays searchable in the old version until the swap; after it, it is marked
             # failed so that it does not silently disappear.
@@ -174,13 +177,7 @@ class RebuildService:
                 doc = session.get(Document, document_id)
                 if doc is not None:
                     doc.status, doc.error, doc.error_code = "failed", f"rebuild: {exc}", exc.code
-            return {
-                "filename": filename,
-                "document_id": document_id,
-                "status": "failed",
-                "error": str(exc),
-                "code": exc.code,
-            }
+            return DocumentResult(filename, "failed", document_id, error=str(exc), code=exc.code).to_dict()
 
     def _stored(
         self, document_id: int, collection_id: int, old_number: int

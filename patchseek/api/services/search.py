@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from PIL import Image
 from sqlalchemy import select
 
-from patchseek.api.db.models import Collection, Document, Unit
+from patchseek import metrics
+from patchseek.api.db.models import Collection, Document, IndexVersion, Unit
 from patchseek.api.services.collections import active_version, get_collection
 from patchseek.api.services.context import ServiceContext
-from patchseek.errors import InvalidInputError
+from patchseek.errors import InvalidInputError, NotFoundError
 from patchseek.indexer.sources import read_image
 from patchseek.search.retriever import PackedIndex, UnitRows, search
 
@@ -122,7 +126,51 @@ class SearchService:
             mask = media_mask if mask is None else mask & media_mask
         scored = search(index, q, top_k, unit_mask=mask)
         hits = self._hits(scored)
-        return SearchResult(query, hits, (time.perf_counter() - start) * 1000, index.n_units)
+        took = time.perf_counter() - start
+        metrics.SEARCH_LATENCY.observe(took)
+        return SearchResult(query, hits, took * 1000, index.n_units)
+
+    def context(
+        self, collection_name: str, *, query: str, top_k: int = 5, with_images: bool = True
+    ) -> tuple[SearchResult, list[ContextItem]]:
+        """Top hits with citations and (optionally) their page / frame images as JPEG bytes."""
+        result = self.search(collection_name, query=query, top_k=top_k)
+        items = []
+        with self.ctx.db.session() as session:
+            blobs = {
+                u.id: u.image_blob
+                for u in session.scalars(select(Unit).where(Unit.id.in_([h.unit_id for h in result.hits])))
+            }
+        for rank, hit in enumerate(result.hits, 1):
+            image = self.ctx.blobs.get(blobs[hit.unit_id]) if with_images and hit.unit_id in blobs else None
+            items.append(ContextItem(rank, citation(hit), hit, image))
+        return result, items
+
+    def heatmap(self, unit_id: int, query: str) -> bytes:
+        """JPEG of the unit's image with the query's patch-level matches highlighted."""
+        if not query.strip():
+            raise InvalidInputError("give a non-empty query for the heat map")
+        with self.ctx.db.session() as session:
+            unit = session.get(Unit, unit_id)
+            if unit is None:
+                raise NotFoundError(f"unit {unit_id} does not exist")
+            version = session.get(IndexVersion, unit.index_version_id)
+            collection = session.get(Collection, unit.collection_id)
+            assert version is not None and collection is not None
+            spec, number, collection_id = version.encoder, version.number, collection.id
+            doc_id, offset, n, grid = (
+                unit.document_id,
+                unit.patch_offset,
+                unit.n_patches,
+                (unit.grid_rows, unit.grid_cols),
+            )
+            image_key = unit.image_blob
+        bag = self.ctx.segments.read_unit(collection_id, number, doc_id, offset, n)
+        q = self.ctx.encoder(spec).encode_queries([query])[0]
+        image = Image.open(io.BytesIO(self.ctx.blobs.get(image_key)))
+        out = io.BytesIO()
+        unit_heatmap(image, bag.vectors, bag.positions, grid, q).save(out, format="JPEG", quality=85)
+        return out.getvalue()
 
     def _hits(self, scored: list) -> list[Hit]:  # type: ignore[type-arg]
         if not scored:
@@ -156,3 +204,59 @@ class SearchService:
                 )
             )
         return hits
+
+
+@dataclass(frozen=True)
+class ContextItem:
+    """One retrieved unit, ready to cite in a chat answer."""
+
+    rank: int
+    citation: str
+    hit: Hit
+    image_jpeg: bytes | None
+
+
+def citation(hit: Hit) -> str:
+    """Human-readable source: ``report.pdf, p. 3`` / ``talk.mp4, 00:12-00:15`` / ``photo.jpg``."""
+    if hit.page is not None:
+        return f"{hit.document}, p. {hit.page}"
+    if hit.t_start is not None and hit.t_end is not None:
+        return f"{hit.document}, {_clock(hit.t_start)}-{_clock(hit.t_end)}"
+    return hit.document
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+def unit_heatmap(
+    image: Image.Image,
+    vectors: torch.Tensor,
+    positions: torch.Tensor,
+    grid: tuple[int, int],
+    query: torch.Tensor,
+) -> Image.Image:
+    """Overlay, on the unit's image, how strongly each patch-grid cell answers the query.
+
+    vectors (n, dim), positions (n, 2) (row, col), query (n_q, dim). A cell's heat is the best similarity
+    of any query token with any patch in it (the MaxSim contribution), scaled to [0, 1].
+    """
+    rows, cols = grid
+    heat = np.zeros((max(rows, 1), max(cols, 1)), dtype=np.float32)
+    if vectors.shape[0] and query.shape[0]:
+        per_patch = (query.float() @ vectors.float().T).max(dim=0).values.clamp(min=0).numpy()  # (n,)
+        r = positions[:, 0].clamp(0, heat.shape[0] - 1).numpy()
+        c = positions[:, 1].clamp(0, heat.shape[1] - 1).numpy()
+        np.maximum.at(heat, (r, c), per_patch)
+        if heat.max() > 0:
+            heat /= heat.max()
+    mask = Image.fromarray((heat * 255).astype(np.uint8), mode="L").resize(
+        image.size, Image.Resampling.BILINEAR
+    )
+    red = Image.new("RGB", image.size, (255, 40, 0))
+    alpha = mask.point(lambda v: int(v * 0.6))
+    base = image.convert("RGB")
+    base.paste(red, mask=alpha)
+    return base
