@@ -61,13 +61,18 @@ def ingest(
     paths: Annotated[list[Path], typer.Argument(help="files and folders (searched recursively)")],
     collection: Annotated[str, typer.Option("--collection", "-c", help="collection name")] = "default",
     encoder: Annotated[str | None, typer.Option(help="encoder for a new collection")] = None,
+    compression: Annotated[
+        str | None, typer.Option(help='compression of a new collection, JSON: \'{"quantizer": "pq"}\'')
+    ] = None,
 ) -> None:
     """Ingest files into a collection (created if missing). Exits 1 if any file failed."""
     from patchseek.api.services import CollectionService, IngestService
 
     ctx = _context()
     try:
-        CollectionService(ctx).create(collection, encoder=encoder, exist_ok=True)
+        CollectionService(ctx).create(
+            collection, encoder=encoder, compression=_json_option(compression), exist_ok=True
+        )
         files = list(_iter_files(paths))
         service = IngestService(ctx)
         results: list[dict[str, Any]] = []
@@ -110,6 +115,43 @@ def ingest(
     )
     if failed:
         raise typer.Exit(1)
+
+
+def _json_option(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise typer.BadParameter("expected a JSON object")
+    return value
+
+
+@app.command()
+def create(
+    name: Annotated[str, typer.Argument(help="collection name")],
+    encoder: Annotated[str | None, typer.Option(help="'lexical' or a colpali-engine model id / dir")] = None,
+    compression: Annotated[
+        str | None,
+        typer.Option(help='JSON, e.g. \'{"prune": "topp", "prune_ratio": 0.5, "quantizer": "binary"}\''),
+    ] = None,
+    description: Annotated[str, typer.Option()] = "",
+) -> None:
+    """Create a collection with its encoder and compression settings."""
+    from patchseek.api.services import CollectionService
+
+    ctx = _context()
+    try:
+        c = CollectionService(ctx).create(
+            name, description=description, encoder=encoder, compression=_json_option(compression)
+        )
+        console.print(f"created {c.name!r}: encoder={c.encoder} compression={json.dumps(c.compression)}")
+    except PatchseekError as exc:
+        _fail(exc)
+    finally:
+        ctx.close()
 
 
 def _hit_json(hit: Any) -> dict[str, Any]:

@@ -96,3 +96,48 @@ def search(
     # A stable sort keeps equal scores in index order (older units first), so results are repeatable.
     order = torch.sort(scores, descending=True, stable=True).indices[:k]  # (k,)
     return [ScoredUnit(int(index.unit_ids[i]), float(scores[i])) for i in order.tolist()]
+
+
+def rerank(index: PackedIndex, query: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+    """Exact MaxSim of ``query`` (n_q, dim) on the units at positions ``units`` (k,): (k,) float32."""
+    starts, ends = index.offsets[units], index.offsets[units + 1]  # (k,), (k,)
+    lengths = ends - starts
+    rows = (
+        torch.cat([torch.arange(int(s), int(e)) for s, e in zip(starts, ends, strict=True)])
+        if len(units)
+        else (torch.zeros(0, dtype=torch.int64))
+    )  # (n_rows,)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lengths, 0)])  # (k + 1,)
+    return maxsim(query.to(torch.float32), index.vectors[rows], offsets)  # (k,)
+
+
+def search_compressed(
+    index: PackedIndex,
+    approx_scores: torch.Tensor,
+    query: torch.Tensor,
+    top_k: int,
+    *,
+    candidates: int = 100,
+    exact_rerank: bool = True,
+    unit_mask: torch.Tensor | None = None,
+) -> list[ScoredUnit]:
+    """Stages 2 and 3: keep the ``candidates`` best units by the codec's approximate scores
+    (``approx_scores`` (n_units,)), then, with ``exact_rerank``, re-score them with exact MaxSim on the
+    stored float vectors and return the top ``top_k``."""
+    if index.n_units == 0 or query.shape[0] == 0:
+        return []
+    valid = (index.offsets[1:] - index.offsets[:-1]) > 0  # (n_units,)
+    if unit_mask is not None:
+        valid &= unit_mask
+    scores = torch.where(valid, approx_scores.float(), torch.full_like(approx_scores.float(), float("-inf")))
+    n_valid = int(valid.sum())
+    if n_valid == 0:
+        return []
+    shortlist = torch.sort(scores, descending=True, stable=True).indices[
+        : min(max(candidates, top_k), n_valid)
+    ]
+    if exact_rerank:
+        exact = rerank(index, query, shortlist)  # (k,)
+        order = torch.sort(exact, descending=True, stable=True).indices[:top_k]
+        return [ScoredUnit(int(index.unit_ids[shortlist[i]]), float(exact[i])) for i in order.tolist()]
+    return [ScoredUnit(int(index.unit_ids[i]), float(scores[i])) for i in shortlist[:top_k].tolist()]

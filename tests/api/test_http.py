@@ -161,13 +161,20 @@ def test_scoped_keys_are_hashed_at_rest(tmp_path, samples) -> None:  # type: ign
     with running_server(settings) as client:
         assert client.get("/v1/collections").status_code == 401  # keys exist in the database
         for name in ("a", "b"):
-            assert client.post("/v1/collections", json={"name": name}, headers={"X-API-Key": admin}).status_code == 201
+            assert (
+                client.post("/v1/collections", json={"name": name}, headers={"X-API-Key": admin}).status_code
+                == 201
+            )
         h = {"X-API-Key": scoped}
         assert client.post("/v1/collections", json={"name": "c"}, headers=h).json()["code"] == "forbidden"
         assert [c["name"] for c in client.get("/v1/collections", headers=h).json()] == ["a"]
-        r = client.post("/v1/collections/a/documents", params={"wait": "true"}, headers=h, files=_files(samples.pdf))
+        r = client.post(
+            "/v1/collections/a/documents", params={"wait": "true"}, headers=h, files=_files(samples.pdf)
+        )
         assert r.status_code == 200
-        unit_id = client.post("/v1/collections/a/search", json={"query": "glacier"}, headers=h).json()["hits"][0]["unit_id"]
+        unit_id = client.post("/v1/collections/a/search", json={"query": "glacier"}, headers=h).json()[
+            "hits"
+        ][0]["unit_id"]
         assert client.get(f"/v1/units/{unit_id}/image", headers=h).status_code == 200
         r = client.post("/v1/collections/b/search", json={"query": "glacier"}, headers=h)
         assert r.status_code == 403 and r.json()["code"] == "forbidden"
@@ -186,7 +193,9 @@ def test_rag_context_heatmap_rebuild_metrics_page(tmp_path, samples) -> None:  #
         client.post("/v1/collections", json={"name": "docs"})
         client.post("/v1/collections/docs/documents", params={"wait": "true"}, files=_files(samples.pdf))
 
-        ctx = client.post("/v1/collections/docs/context", json={"query": "glacier meltwater", "top_k": 2}).json()
+        ctx = client.post(
+            "/v1/collections/docs/context", json={"query": "glacier meltwater", "top_k": 2}
+        ).json()
         first = ctx["items"][0]
         assert first["citation"] == "report.pdf, p. 3" and "meltwater" in first["text"]
         assert first["image_url"].startswith("http://127.0.0.1:") and first["image_url"].endswith("/image")
@@ -194,15 +203,24 @@ def test_rag_context_heatmap_rebuild_metrics_page(tmp_path, samples) -> None:  #
         assert ctx["message"]["role"] == "user" and content[0]["type"] == "text"
         assert "[1] report.pdf, p. 3" in content[0]["text"]
         assert [p["type"] for p in content[1:]] == ["image_url", "image_url"]
-        inline = client.post("/v1/collections/docs/context", json={"query": "glacier", "top_k": 1, "images": "base64"})
+        inline = client.post(
+            "/v1/collections/docs/context", json={"query": "glacier", "top_k": 1, "images": "base64"}
+        )
         data_url = inline.json()["items"][0]["image_url"]
         assert data_url.startswith("data:image/jpeg;base64,")
         assert Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).format == "JPEG"
 
         # Heat map: the query's words light up where they are on the page (the title is at the top).
-        heat = Image.open(io.BytesIO(client.get(f"/v1/units/{first['unit_id']}/heatmap",
-                                                params={"query": "glacier retreat"}).content)).convert("RGB")
-        plain = Image.open(io.BytesIO(client.get(f"/v1/units/{first['unit_id']}/image").content)).convert("RGB")
+        heat = Image.open(
+            io.BytesIO(
+                client.get(
+                    f"/v1/units/{first['unit_id']}/heatmap", params={"query": "glacier retreat"}
+                ).content
+            )
+        ).convert("RGB")
+        plain = Image.open(io.BytesIO(client.get(f"/v1/units/{first['unit_id']}/image").content)).convert(
+            "RGB"
+        )
         import numpy as np
 
         diff = np.abs(np.asarray(heat, dtype=np.int16) - np.asarray(plain, dtype=np.int16)).sum(axis=2)

@@ -28,6 +28,8 @@ def search(name: str, body: SearchRequest, service: SearchServiceDep) -> SearchR
         top_k=body.top_k,
         document_ids=body.document_ids,
         media_types=body.media_types,
+        candidates=body.candidates,
+        rerank=body.rerank,
     )
     hits = []
     for h in result.hits:

@@ -100,6 +100,8 @@ class SearchRequest(BaseModel):
     top_k: int = Field(default=10, ge=1, le=1000)
     document_ids: list[DbId] | None = Field(default=None, max_length=10_000)
     media_types: list[Literal["pdf", "image", "video"]] | None = None
+    candidates: int = Field(default=100, ge=1, le=10_000, description="shortlist size from the codes")
+    rerank: bool = Field(default=True, description="re-score the shortlist exactly on stored vectors")
 
 
 class SearchHit(BaseModel):

@@ -12,7 +12,7 @@ import io
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from PIL import Image
@@ -30,6 +30,7 @@ from patchseek.errors import (
     PatchseekError,
     PayloadTooLargeError,
 )
+from patchseek.indexer.compress import CompressionConfig, Compressor
 from patchseek.indexer.sources import read_units
 from patchseek.types import PatchBag, SourceUnit
 
@@ -281,6 +282,7 @@ class IngestService:
                 progress(filename, len(rows))
         if not rows:
             raise InvalidInputError("the file has no pages or frames")
+        rows, bags = compress_units(CompressionConfig.from_dict(version.compression), media_type, rows, bags)
         return media_type, rows, bags
 
     def _encode_batch(
@@ -328,6 +330,41 @@ class IngestService:
             collection.generation += 1
             collection_id = collection.id
         self.ctx.segments.delete_document(collection_id, document_id)
+
+
+def compress_units(
+    config: CompressionConfig, media_type: str, rows: list[dict[str, Any]], bags: list[PatchBag]
+) -> tuple[list[dict[str, Any]], list[PatchBag]]:
+    """Apply the collection's pruning and merging to a document's bags before they are stored.
+
+    For video with ``video_segment_frames`` > 1, runs of consecutive frames become one ``segment`` unit
+    spanning ``t_start`` of its first frame to ``t_end`` of its last (CenterCLIP-style medoids).
+    Quantization is not applied here: the stored float16 rows stay the exact-rerank copy.
+    """
+    if config.prune == "none" and config.merge == "none" and config.video_segment_frames == 1:
+        return rows, bags
+    compressor = Compressor(config)
+    per = config.video_segment_frames
+    if media_type == "video" and per > 1:
+        out_rows: list[dict[str, Any]] = []
+        out_bags: list[PatchBag] = []
+        for start in range(0, len(rows), per):
+            chunk_rows, chunk_bags = rows[start : start + per], bags[start : start + per]
+            nonempty = [b for b in chunk_bags if b.n_patches]
+            texts = list(dict.fromkeys(r["text"] for r in chunk_rows if r["text"]))
+            row = {
+                **chunk_rows[0],
+                "kind": "segment",
+                "t_end": chunk_rows[-1]["t_end"],
+                "text": " ".join(texts),
+            }
+            row["ordinal"] = len(out_rows)
+            merged = compressor.compress_frames(nonempty)[0] if nonempty else chunk_bags[0]
+            out_rows.append(row)
+            out_bags.append(replace(merged, grid=chunk_bags[0].grid, text=row["text"]))
+        return out_rows, out_bags
+    out = [replace(compressor.compress_bag(b), grid=b.grid, text=b.text) if b.n_patches else b for b in bags]
+    return rows, out
 
 
 def add_units(

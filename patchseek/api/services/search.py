@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import shutil
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,8 +20,10 @@ from patchseek.api.db.models import Collection, Document, IndexVersion, Unit
 from patchseek.api.services.collections import active_version, get_collection
 from patchseek.api.services.context import ServiceContext
 from patchseek.errors import InvalidInputError, NotFoundError
+from patchseek.indexer.compress import CompressedBatch, CompressionConfig, Compressor
 from patchseek.indexer.sources import read_image
-from patchseek.search.retriever import PackedIndex, UnitRows, search
+from patchseek.search.retriever import PackedIndex, UnitRows, search, search_compressed
+from patchseek.types import PatchBag
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,8 @@ class _CachedIndex:
     key: tuple[int, int]  # (generation, version id)
     index: PackedIndex
     media_types: torch.Tensor  # (n_units,) int8 code per unit, see _MEDIA
+    compressor: Compressor | None = None  # the version's fitted codec, when it has one
+    codes: CompressedBatch | None = None  # every unit's codes, in index order
 
 
 _MEDIA = {"pdf": 0, "image": 1, "video": 2}
@@ -85,9 +91,42 @@ class SearchService:
                 version.dim,
             )
             media = torch.tensor([_MEDIA.get(r.media_type or "", -1) for r in rows], dtype=torch.int8)
-            cached = _CachedIndex(key, index, media)
+            compressor, codes = self._codes(collection.id, version, index)
+            cached = _CachedIndex(key, index, media, compressor, codes)
             self._cache[collection.id] = cached
             return cached
+
+    def _codes(
+        self, collection_id: int, version: IndexVersion, index: PackedIndex
+    ) -> tuple[Compressor | None, CompressedBatch | None]:
+        """Quantize the index with the version's codec: fitted once on the version's vectors and saved
+        beside its segment files, reused after that (a rebuild fits a new one)."""
+        config = CompressionConfig.from_dict(version.compression or {})
+        if config.quantizer == "none" or index.n_units == 0 or int(index.offsets[-1]) == 0:
+            return None, None
+        bags = [
+            PatchBag(
+                index.vectors[int(a) : int(b)],
+                torch.zeros(int(b) - int(a)),
+                torch.zeros(int(b) - int(a), 2, dtype=torch.int64),
+                (0, 0),
+            )
+            for a, b in zip(index.offsets[:-1].tolist(), index.offsets[1:].tolist(), strict=True)
+        ]
+        folder = self.ctx.segments.folder(collection_id, version.number) / "codec"
+        if (folder / "compression.json").exists():
+            compressor = Compressor.load(folder)
+        else:
+            compressor = Compressor(config)
+            compressor.fit(bags, compressed=True)
+            tmp = folder.with_name(f".codec-{uuid.uuid4().hex}")
+            compressor.save(tmp)
+            try:
+                tmp.rename(folder)
+            except OSError:  # another process saved one first: use theirs
+                shutil.rmtree(tmp, ignore_errors=True)
+                compressor = Compressor.load(folder)
+        return compressor, compressor.encode(bags, compressed=True)
 
     def search(
         self,
@@ -98,8 +137,14 @@ class SearchService:
         top_k: int = 10,
         document_ids: Sequence[int] | None = None,
         media_types: Sequence[str] | None = None,
+        candidates: int = 100,
+        rerank: bool = True,
     ) -> SearchResult:
-        """Top ``top_k`` units for a text ``query`` or an ``image`` query, optionally filtered."""
+        """Top ``top_k`` units for a text ``query`` or an ``image`` query, optionally filtered.
+
+        Collections with a quantizer are searched in stages: approximate scores on the codes pick
+        ``candidates`` units, which (with ``rerank``) are re-scored exactly on the stored vectors.
+        """
         start = time.perf_counter()
         if (query is None or not query.strip()) and image is None:
             raise InvalidInputError("give a non-empty text query or an image")
@@ -124,7 +169,13 @@ class SearchService:
             codes = torch.tensor([_MEDIA[m] for m in media_types], dtype=torch.int8)
             media_mask = torch.isin(cached.media_types, codes)
             mask = media_mask if mask is None else mask & media_mask
-        scored = search(index, q, top_k, unit_mask=mask)
+        if cached.compressor is not None and cached.codes is not None and q.shape[0]:
+            approx = cached.compressor.score(q, cached.codes)  # (n_units,)
+            scored = search_compressed(
+                index, approx, q, top_k, candidates=candidates, exact_rerank=rerank, unit_mask=mask
+            )
+        else:
+            scored = search(index, q, top_k, unit_mask=mask)
         hits = self._hits(scored)
         took = time.perf_counter() - start
         metrics.SEARCH_LATENCY.observe(took)
