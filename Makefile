@@ -22,11 +22,19 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/python -m patchseek.demo
 
+# Two processes: Triton's interpreter must be switched on before triton is imported, and only for the
+# kernel tests (see tests/conftest.py).
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest tests/kernels $(PYTEST_ARGS)
 
 test-slow: install
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python bench/kernels.py
+	$(BIN)/python bench/compression.py
+	$(BIN)/python bench/encode.py
 
 lint: install
 	$(BIN)/ruff check patchseek tests bench

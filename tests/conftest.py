@@ -13,6 +13,20 @@ from patchseek.config import Settings
 from patchseek.samples import SampleSet, write_samples
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "pdf-samples"
+KERNEL_TESTS = Path(__file__).resolve().parent / "kernels"
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Kernel tests run in their own process, ``TRITON_INTERPRET=1 pytest tests/kernels`` (``make
+    test`` does both): the variable must be set before Triton is imported, and set for the whole
+    suite it would send every other test's scoring through the 300x slower interpreter."""
+    if collection_path == KERNEL_TESTS and os.environ.get("TRITON_INTERPRET") != "1":
+        import torch
+
+        return not torch.cuda.is_available()
+    return None
+
+
 POSTGRES_ADMIN_URL = os.environ.get(
     "PATCHSEEK_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
