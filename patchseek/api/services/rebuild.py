@@ -18,6 +18,7 @@ from patchseek.api.services.collections import active_version, get_collection
 from patchseek.api.services.context import ServiceContext
 from patchseek.api.services.ingest import DocumentResult, IngestService, add_units
 from patchseek.errors import ConflictError, NotFoundError, PatchseekError
+from patchseek.indexer.compress import CompressionConfig
 from patchseek.types import PatchBag
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class RebuildService:
                 raise ConflictError(f"collection {collection_name!r} already has a rebuild queued or running")
             if encoder is not None:
                 self.ctx.check_encoder_spec(encoder)
+            if compression is not None:
+                compression = CompressionConfig.from_dict(compression).to_dict()
             job = Job(
                 collection_id=collection.id,
                 kind="rebuild",
