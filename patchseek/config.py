@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
     max_top_k: int = Field(default=1000, ge=1)
     worker_in_process: bool = True
+    job_stale_seconds: float = Field(
+        default=300, gt=0, description="a running job without a heartbeat for this long is re-queued"
+    )
 
     @property
     def resolved_database_url(self) -> str:

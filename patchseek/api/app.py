@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.keys = KeyService(ctx)
         app.state.worker = None
         if settings.worker_in_process:
-            app.state.jobs.requeue_stale()
+            app.state.jobs.requeue_stale()  # jobs of dead processes (stale heartbeat)
             app.state.worker = Worker(ctx)
             app.state.worker.start()
         try:

@@ -117,7 +117,29 @@ def test_cancel_and_requeue(ctx, samples) -> None:  # type: ignore[no-untyped-de
     assert jobs.cancel(jobs.claim() or -1).status == "cancelled"
     job2 = ingest.submit("c", [("w.jpg", samples.whiteboard.read_bytes())])
     assert jobs.claim() == job2.id
-    # A worker died: its running job goes back to the queue at the next start-up.
-    assert jobs.requeue_stale() == 1
+    # A worker died: once its heartbeat is old, its running job goes back to the queue.
+    assert jobs.requeue_stale() == 0
+    assert jobs.requeue_stale(max_age_seconds=0) == 1
     assert jobs.run_pending() == 1
     assert jobs.get(job2.id).status == "succeeded"
+
+
+def test_crashed_job_is_recovered_and_duplicates_collapse(ctx, samples) -> None:  # type: ignore[no-untyped-def]
+    """A job left 'running' by a dead process: its pending document does not block a re-upload, the
+    stale job is re-queued by heartbeat age, and the copy that finishes second is dropped."""
+    CollectionService(ctx).create("c")
+    ingest, jobs = IngestService(ctx), JobService(ctx)
+    pdf = samples.pdf.read_bytes()
+    dead = ingest.submit("c", [("report.pdf", pdf)])
+    assert jobs.claim() == dead.id  # ...and the process that claimed it died here
+    assert jobs.requeue_stale() == 0  # its heartbeat is fresh: maybe it is still alive
+    retry = ingest.run_job(ingest.submit("c", [("report.pdf", pdf)], status="running").id)
+    assert retry.result["documents"][0]["status"] == "ready"
+    assert jobs.requeue_stale(max_age_seconds=0) == 1
+    assert jobs.run_pending() == 1
+    recovered = jobs.get(dead.id)
+    assert recovered.status == "succeeded"
+    assert recovered.result["documents"][0]["status"] == "duplicate"
+    with ctx.db.session() as session:
+        assert session.scalars(select(Document.status)).all() == ["ready"]
+    assert len(SearchService(ctx).search("c", query="glacier", top_k=10).hits) == 3

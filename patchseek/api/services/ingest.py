@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from PIL import Image
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from patchseek import metrics
@@ -109,7 +109,7 @@ class IngestService:
                     select(Document.id).where(
                         Document.collection_id == collection.id,
                         Document.sha256 == key,
-                        Document.status.in_(("ready", "pending")),
+                        Document.status == "ready",
                     )
                 )
                 if existing is not None:
@@ -161,13 +161,14 @@ class IngestService:
                 doc = session.get(Document, document_id)
                 if doc is None or doc.status != "pending":
                     continue
-            result = self.ingest_document(document_id, progress=progress)
+            result = self.ingest_document(document_id, progress=self._with_heartbeat(job_id, progress))
             with self.ctx.db.session() as session:
                 job = session.get(Job, job_id)
                 if job is None:
                     break
                 job.result = {"documents": [*job.result.get("documents", []), result.to_dict()]}
                 job.progress = job.progress + 1
+                job.heartbeat_at = utcnow()
         with self.ctx.db.session() as session:
             job = session.get(Job, job_id)
             if job is None:
@@ -185,6 +186,20 @@ class IngestService:
                     doc.status, doc.error, doc.error_code = "failed", "the job was cancelled", "cancelled"
             job.finished_at = utcnow()
             return job
+
+    def _with_heartbeat(self, job_id: int, progress: DocumentProgress | None) -> DocumentProgress:
+        """Wrap a progress callback so the job's heartbeat is refreshed (at most every 10 s)."""
+        last = [time.monotonic()]
+
+        def beat(filename: str, n_units: int) -> None:
+            if time.monotonic() - last[0] > 10:
+                last[0] = time.monotonic()
+                with self.ctx.db.session() as session:
+                    session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow()))
+            if progress is not None:
+                progress(filename, n_units)
+
+        return beat
 
     def ingest_document(self, document_id: int, progress: DocumentProgress | None = None) -> DocumentResult:
         start = time.perf_counter()
@@ -227,10 +242,36 @@ class IngestService:
                         raise NotFoundError(f"document {document_id} was deleted during ingestion")
                     if collection.active_version_id != version.id:
                         continue  # a rebuild swapped versions meanwhile: encode for the new one
-                    add_units(session, collection_id, version.id, document_id, rows, spans)
-                    doc.status, doc.n_units, doc.media_type = "ready", len(rows), media_type
-                    doc.error = doc.error_code = None
-                    collection.generation += 1
+                    twin = session.scalar(
+                        select(Document.id).where(
+                            Document.collection_id == collection_id,
+                            Document.sha256 == key,
+                            Document.status == "ready",
+                            Document.id != document_id,
+                        )
+                    )
+                    if twin is not None:
+                        # The same bytes were published meanwhile (a concurrent upload, or a re-run
+                        # after a crash): this copy is dropped instead of indexed twice.
+                        session.delete(doc)
+                    else:
+                        add_units(session, collection_id, version.id, document_id, rows, spans)
+                        doc.status, doc.n_units, doc.media_type = "ready", len(rows), media_type
+                        doc.error = doc.error_code = None
+                        collection.generation += 1
+                    duplicate_of = None if twin is None else int(twin)
+                if duplicate_of is not None:
+                    self.ctx.segments.delete_document(collection_id, document_id)
+                    return DocumentResult(
+                        filename,
+                        "duplicate",
+                        None,
+                        0,
+                        media_type,
+                        "the same bytes are already in this collection",
+                        "duplicate",
+                        duplicate_of,
+                    )
                 return DocumentResult(filename, "ready", document_id, len(rows), media_type)
             raise ConflictError("the index version kept changing during ingestion; upload the file again")
         except PatchseekError as exc:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import CursorResult, or_, select, update
 
 from patchseek.api.db.models import Document, Job, utcnow
 from patchseek.api.services.context import ServiceContext
@@ -69,6 +71,7 @@ class JobService:
                 if job is None:
                     return None
                 job.status, job.started_at, job.attempts = "running", utcnow(), job.attempts + 1
+                job.heartbeat_at = utcnow()
                 return job.id
             job_id = session.scalar(select(Job.id).where(Job.status == "queued").order_by(Job.id).limit(1))
             if job_id is None:
@@ -76,7 +79,9 @@ class JobService:
             claimed: CursorResult[Any] = session.execute(  # type: ignore[assignment]
                 update(Job)
                 .where(Job.id == job_id, Job.status == "queued")
-                .values(status="running", started_at=utcnow(), attempts=Job.attempts + 1)
+                .values(
+                    status="running", started_at=utcnow(), heartbeat_at=utcnow(), attempts=Job.attempts + 1
+                )
             )
             return job_id if claimed.rowcount else None
 
@@ -101,11 +106,19 @@ class JobService:
                     if not retry:
                         job.finished_at = utcnow()
 
-    def requeue_stale(self) -> int:
-        """Jobs left 'running' by a process that died go back to the queue (call at start-up)."""
+    def requeue_stale(self, max_age_seconds: float | None = None) -> int:
+        """Jobs left 'running' by a process that died go back to the queue.
+
+        A job is stale when its heartbeat is older than ``max_age_seconds`` (default
+        ``PATCHSEEK_JOB_STALE_SECONDS``); live workers refresh theirs as they make progress.
+        """
+        age = self.ctx.settings.job_stale_seconds if max_age_seconds is None else max_age_seconds
+        cutoff = utcnow() - timedelta(seconds=age)
         with self.ctx.db.session() as session:
             result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
-                update(Job).where(Job.status == "running").values(status="queued")
+                update(Job)
+                .where(Job.status == "running", or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff))
+                .values(status="queued")
             )
             return int(result.rowcount)
 
@@ -136,8 +149,12 @@ class Worker(threading.Thread):
         self._wake.set()
 
     def run(self) -> None:
+        last_sweep = 0.0
         while not self._stop_event.is_set():
             try:
+                if time.monotonic() - last_sweep > 60:
+                    self.jobs.requeue_stale()
+                    last_sweep = time.monotonic()
                 ran = self.jobs.run_pending()
             except Exception:
                 log.exception("worker loop error")
