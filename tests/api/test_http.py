@@ -62,6 +62,17 @@ def test_round_trip(client, samples) -> None:  # type: ignore[no-untyped-def]
     ]
     assert len(hits) == 2 and all(h["media_type"] == "video" and h["t_start"] >= 3.0 for h in hits)
 
+    # RAG context for a chat app: citations and page images.
+    context = client.post(
+        "/v1/collections/docs/context", json={"query": "glacier meltwater", "top_k": 1}
+    ).json()
+    assert context["items"][0]["citation"] == "report.pdf, p. 3"
+    assert client.get(context["items"][0]["image_url"]).headers["content-type"] == "image/jpeg"
+
+    # Collections CRUD.
+    r = client.patch("/v1/collections/docs", json={"description": "shared drive"})
+    assert r.json()["description"] == "shared drive" and r.json()["documents"] == 3
+
     # Filters.
     r = client.post("/v1/collections/docs/search", json={"query": "glacier", "media_types": ["image"]})
     assert {h["media_type"] for h in r.json()["hits"]} == {"image"}

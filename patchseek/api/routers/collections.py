@@ -4,7 +4,13 @@ from fastapi import APIRouter, Request, status
 
 from patchseek.api.deps import CollectionServiceDep, PrincipalDep, RebuildServiceDep
 from patchseek.api.routers._views import job_public
-from patchseek.api.schemas import CollectionCreate, CollectionPublic, JobPublic, RebuildRequest
+from patchseek.api.schemas import (
+    CollectionCreate,
+    CollectionPublic,
+    CollectionUpdate,
+    JobPublic,
+    RebuildRequest,
+)
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"])
 
@@ -45,6 +51,13 @@ def list_collections(service: CollectionServiceDep, principal: PrincipalDep) -> 
 
 @router.get("/{name}", response_model=CollectionPublic)
 def get_collection(name: str, service: CollectionServiceDep) -> CollectionPublic:
+    return _public(service.get(name))
+
+
+@router.patch("/{name}", response_model=CollectionPublic)
+def update_collection(name: str, body: CollectionUpdate, service: CollectionServiceDep) -> CollectionPublic:
+    """Update a collection's description (encoder and compression change through a rebuild)."""
+    service.update(name, description=body.description)
     return _public(service.get(name))
 
 

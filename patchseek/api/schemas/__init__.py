@@ -26,6 +26,14 @@ class CollectionCreate(BaseModel):
     compression: dict[str, Any] = Field(default_factory=dict)
 
 
+class CollectionUpdate(BaseModel):
+    """Encoder and compression are changed by a rebuild (``POST /v1/collections/{name}/rebuild``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str | None = Field(default=None, max_length=4096)
+
+
 class CollectionPublic(BaseModel):
     name: str
     description: str

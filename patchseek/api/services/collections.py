@@ -117,6 +117,13 @@ class CollectionService:
                 return collection, n_docs, n_units
         raise NotFoundError(f"collection {name!r} does not exist; create it first")
 
+    def update(self, name: str, *, description: str | None = None) -> None:
+        """Change what can change in place; encoder and compression change through a rebuild."""
+        with self.ctx.db.session() as session:
+            collection = get_collection(session, name)
+            if description is not None:
+                collection.description = description
+
     def delete(self, name: str) -> None:
         """Delete a collection, its documents, units, jobs and segment files (blobs stay shared)."""
         with self.ctx.db.session() as session:
