@@ -64,6 +64,9 @@ def ingest(
     compression: Annotated[
         str | None, typer.Option(help='compression of a new collection, JSON: \'{"quantizer": "pq"}\'')
     ] = None,
+    metadata: Annotated[
+        str | None, typer.Option(help='JSON object stored on each document, e.g. \'{"team": "ops"}\'')
+    ] = None,
 ) -> None:
     """Ingest files into a collection (created if missing). Exits 1 if any file failed."""
     from patchseek.api.services import CollectionService, IngestService
@@ -87,7 +90,12 @@ def ingest(
             task = bar.add_task("ingesting", total=len(files))
             for start in range(0, len(files), FILES_PER_JOB):
                 chunk = files[start : start + FILES_PER_JOB]
-                job = service.submit(collection, [(str(p), p.read_bytes()) for p in chunk], status="running")
+                job = service.submit(
+                    collection,
+                    [(str(p), p.read_bytes()) for p in chunk],
+                    status="running",
+                    metadata=_json_option(metadata),
+                )
 
                 def on_progress(name: str, n_units: int) -> None:
                     bar.update(task, description=f"{Path(name).name[:40]} ({n_units} units)")

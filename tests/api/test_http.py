@@ -89,6 +89,18 @@ def test_round_trip(client, samples) -> None:  # type: ignore[no-untyped-def]
     hits = client.post("/v1/collections/docs/search", json={"image_base64": b64, "top_k": 1}).json()["hits"]
     assert hits[0]["document"] == "receipt.png"
 
+    # Metadata stored with an upload; bad metadata is a 422.
+    r = client.post(
+        "/v1/collections/docs/documents",
+        params={"wait": "true"},
+        data={"metadata": '{"team": "design", "year": 2026}'},
+        files=_files(samples.whiteboard),
+    )
+    wb = r.json()["documents"][0]["document_id"]
+    assert client.get(f"/v1/collections/docs/documents/{wb}").json()["metadata"] == {"team": "design", "year": 2026}
+    r = client.post("/v1/collections/docs/documents", data={"metadata": "[1]"}, files=_files(samples.receipt))
+    assert r.status_code == 422 and r.json()["code"] == "invalid_input"
+
     # Re-uploading the same bytes is detected.
     r = client.post("/v1/collections/docs/documents", params={"wait": "true"}, files=_files(samples.pdf))
     assert r.status_code == 200
@@ -101,8 +113,8 @@ def test_round_trip(client, samples) -> None:  # type: ignore[no-untyped-def]
     hits = client.post("/v1/collections/docs/search", json={"query": "glacier meltwater"}).json()["hits"]
     assert all(h["document"] != "report.pdf" for h in hits)
     docs = client.get("/v1/collections/docs/documents", params={"status": "ready"}).json()
-    assert sorted(d["filename"] for d in docs) == ["lecture.mp4", "receipt.png"]
-    assert client.get("/v1/collections/docs").json()["documents"] == 2
+    assert sorted(d["filename"] for d in docs) == ["lecture.mp4", "receipt.png", "whiteboard.jpg"]
+    assert client.get("/v1/collections/docs").json()["documents"] == 3
 
 
 def test_errors_are_json_with_a_code(client, samples) -> None:  # type: ignore[no-untyped-def]

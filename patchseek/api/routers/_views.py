@@ -28,6 +28,7 @@ def document_public(doc: Document, collection: str) -> DocumentPublic:
         error=doc.error,
         error_code=doc.error_code,
         n_units=doc.n_units,
+        metadata=doc.meta or {},
         created_at=doc.created_at,
     )
 

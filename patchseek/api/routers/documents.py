@@ -1,8 +1,9 @@
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Query, Request, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
 from sqlalchemy import select
 
 from patchseek.api.db.models import Document, Unit
@@ -10,7 +11,7 @@ from patchseek.api.deps import ContextDep, IdPath, IngestServiceDep
 from patchseek.api.routers._views import document_detail, document_public, job_public
 from patchseek.api.schemas import DocumentDetail, DocumentPublic, JobPublic
 from patchseek.api.services.collections import get_collection
-from patchseek.errors import NotFoundError, PayloadTooLargeError
+from patchseek.errors import InvalidInputError, NotFoundError, PayloadTooLargeError
 
 router = APIRouter(prefix="/v1/collections/{name}/documents", tags=["documents"])
 _CHUNK = 1 << 20
@@ -29,6 +30,18 @@ def _read_limited(upload: UploadFile, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _metadata(text: str | None) -> dict[str, Any] | None:
+    if text is None or not text.strip():
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"metadata is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise InvalidInputError("metadata must be a JSON object")
+    return value
+
+
 @router.post("", response_model=JobPublic, status_code=status.HTTP_202_ACCEPTED)
 def upload_documents(
     name: str,
@@ -39,11 +52,15 @@ def upload_documents(
     wait: Annotated[
         bool, Query(description="ingest before answering (200) instead of queueing (202)")
     ] = False,
+    metadata: Annotated[
+        str | None, Form(description='JSON object stored on every uploaded document, e.g. {"team": "ops"}')
+    ] = None,
 ) -> JobPublic:
     """Upload files and ingest them in a job; poll ``/v1/jobs/{id}`` unless ``wait=true``."""
     limit = service.ctx.settings.max_upload_bytes
     payload = [(f.filename or "upload", _read_limited(f, limit)) for f in files]
-    job = service.submit(name, payload, status="running" if wait else "queued")
+    meta = _metadata(metadata)
+    job = service.submit(name, payload, status="running" if wait else "queued", metadata=meta)
     if wait:
         if job.status == "running":
             job = service.run_job(job.id)

@@ -55,6 +55,7 @@ class DocumentPublic(BaseModel):
     error: str | None
     error_code: str | None
     n_units: int
+    metadata: dict[str, Any]
     created_at: datetime
 
 

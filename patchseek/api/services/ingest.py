@@ -72,14 +72,21 @@ class IngestService:
     # -- submission -------------------------------------------------------------------------------
 
     def submit(
-        self, collection_name: str, files: Sequence[tuple[str, bytes]], *, status: str = "queued"
+        self,
+        collection_name: str,
+        files: Sequence[tuple[str, bytes]],
+        *,
+        status: str = "queued",
+        metadata: dict[str, Any] | None = None,
     ) -> Job:
         """Store the files' bytes and queue one ingest job for them.
 
         Files whose bytes are already in the collection (ready or pending) are not ingested again; the
         job's result lists them as duplicates. ``status="running"`` creates a job the caller runs itself
-        (the CLI), so no worker claims it.
+        (the CLI), so no worker claims it. ``metadata`` (flat JSON: string, number or boolean values) is
+        stored on every document of the call, for search filters.
         """
+        metadata = validate_metadata(metadata or {})
         if not files:
             raise InvalidInputError("no files were given")
         limit = self.ctx.settings.max_upload_bytes
@@ -130,7 +137,7 @@ class IngestService:
                     size_bytes=len(data),
                     status="pending",
                     job_id=job.id,
-                    meta={},
+                    meta=dict(metadata),
                 )
                 session.add(doc)
                 session.flush()
@@ -371,6 +378,20 @@ class IngestService:
             collection.generation += 1
             collection_id = collection.id
         self.ctx.segments.delete_document(collection_id, document_id)
+
+
+def validate_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Document metadata is a flat object of at most 64 keys with scalar values."""
+    if not isinstance(metadata, dict) or len(metadata) > 64:
+        raise InvalidInputError("metadata must be a JSON object with at most 64 keys")
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not 0 < len(key) <= 128:
+            raise InvalidInputError("metadata keys are strings of 1-128 characters")
+        if not isinstance(value, str | int | float | bool) or (isinstance(value, str) and len(value) > 1024):
+            raise InvalidInputError(
+                f"metadata value of {key!r} must be a string (<= 1024 chars), number or boolean"
+            )
+    return metadata
 
 
 def compress_units(
