@@ -97,7 +97,10 @@ def test_round_trip(client, samples) -> None:  # type: ignore[no-untyped-def]
         files=_files(samples.whiteboard),
     )
     wb = r.json()["documents"][0]["document_id"]
-    assert client.get(f"/v1/collections/docs/documents/{wb}").json()["metadata"] == {"team": "design", "year": 2026}
+    assert client.get(f"/v1/collections/docs/documents/{wb}").json()["metadata"] == {
+        "team": "design",
+        "year": 2026,
+    }
     r = client.post("/v1/collections/docs/documents", data={"metadata": "[1]"}, files=_files(samples.receipt))
     assert r.status_code == 422 and r.json()["code"] == "invalid_input"
 

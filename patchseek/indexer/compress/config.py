@@ -16,13 +16,16 @@ PruneKind = Literal["none", "topp", "adaptive"]
 MergeKind = Literal["none", "hierarchical"]
 QuantizerKind = Literal["none", "binary", "kmeans", "pq", "bebr"]
 KeepKind = Literal["none", "float16", "int8"]
+BEBRScoring = Literal["asymmetric", "sdc"]
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "prune": get_args(PruneKind),
     "merge": get_args(MergeKind),
     "quantizer": get_args(QuantizerKind),
     "keep": get_args(KeepKind),
+    "bebr_scoring": get_args(BEBRScoring),
 }
+_FLAGS = ("binary_center", "pq_opq")
 
 
 @dataclass(frozen=True)
@@ -48,17 +51,27 @@ class CompressionConfig:
         Merge factor (≥ 1; 1 disables merging even when ``merge="hierarchical"``).
     quantizer : {"none", "binary", "kmeans", "pq", "bebr"}
         The codec of the stored patch vectors (``"none"`` stores float16).
+    binary_center : bool
+        Sign binary: subtract the collection mean (fitted on the sample) before taking signs, and
+        decode each sign with its dimension's mean absolute deviation. Patch embeddings share a mean
+        direction, so uncentered signs waste bits on dimensions that are nearly constant.
     kmeans_k : int
         Number of k-means centroids, 2..65536 (≤ 256 → 1-byte codes, else 2-byte codes).
     residual_bits : {0, 1, 2, 4}
         PLAID-style per-dimension residual bits on top of k-means codes (0 = no residual).
     pq_m : int
         Number of product-quantization sub-spaces (256 centroids each); must divide ``dim``.
+    pq_opq : bool
+        Learn an OPQ rotation (eigenvalue allocation + Procrustes rounds) before splitting into
+        sub-spaces; queries are rotated by the same matrix.
     bebr_rounds : {0, 1, 3}
         Recurrent binarization rounds ``u``; ``u + 1`` bits per code dimension.
     bebr_dim : int
         BEBR code dimension (0 = the embedding dimension). Lower it to compare at equal bits, e.g.
         ``bebr_dim=64, bebr_rounds=1`` is 128 bits per patch like sign binary on 128-d vectors.
+    bebr_scoring : {"asymmetric", "sdc"}
+        ``"asymmetric"``: float query × decoded codes through a per-query byte table (ADC);
+        ``"sdc"``: query codes × document codes through the 16 × 16 nibble table (the paper's form).
     keep : {"none", "float16", "int8"}
         A copy of the kept (pruned/merged) vectors for the exact stage-3 rerank.
     video_segment_frames : int
@@ -74,11 +87,14 @@ class CompressionConfig:
     merge: MergeKind = "none"
     pool_factor: int = 1
     quantizer: QuantizerKind = "none"
+    binary_center: bool = True
     kmeans_k: int = 256
     residual_bits: int = 0
     pq_m: int = 16
+    pq_opq: bool = True
     bebr_rounds: int = 1
     bebr_dim: int = 0
+    bebr_scoring: BEBRScoring = "asymmetric"
     keep: KeepKind = "none"
     video_segment_frames: int = 1
     seed: int = 0
@@ -88,6 +104,9 @@ class CompressionConfig:
             value = getattr(self, name)
             if value not in choices:
                 raise InvalidInputError(f"compression {name}={value!r}: expected one of {list(choices)}")
+        for name in _FLAGS:
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidInputError(f"compression {name}={getattr(self, name)!r}: expected true or false")
         _check_number("prune_ratio", self.prune_ratio)
         if not 0.0 < self.prune_ratio <= 1.0:
             raise InvalidInputError(f"compression prune_ratio={self.prune_ratio}: expected 0 < ratio <= 1")
@@ -145,9 +164,12 @@ class CompressionConfig:
         if self.quantizer == "kmeans":
             parts.append(f"kmeans{self.kmeans_k}" + (f"r{self.residual_bits}" if self.residual_bits else ""))
         elif self.quantizer == "pq":
-            parts.append(f"pq{self.pq_m}x256")
+            parts.append(("opq" if self.pq_opq else "pq") + f"{self.pq_m}x256")
         elif self.quantizer == "bebr":
-            parts.append(f"bebr(u={self.bebr_rounds},d={self.bebr_dim or 'dim'})")
+            sdc = ",sdc" if self.bebr_scoring == "sdc" else ""
+            parts.append(f"bebr(u={self.bebr_rounds},d={self.bebr_dim or 'dim'}{sdc})")
+        elif self.quantizer == "binary":
+            parts.append("binary(centered)" if self.binary_center else "binary")
         else:
             parts.append("float16" if self.quantizer == "none" else self.quantizer)
         if self.keep != "none":

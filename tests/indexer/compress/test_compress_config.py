@@ -27,8 +27,11 @@ class TestRoundTrip:
             kmeans_k=1024,
             residual_bits=2,
             pq_m=8,
+            pq_opq=False,
+            binary_center=False,
             bebr_rounds=3,
             bebr_dim=64,
+            bebr_scoring="sdc",
             keep="int8",
             video_segment_frames=4,
             seed=7,
@@ -53,6 +56,20 @@ class TestRoundTrip:
             keep="float16",
         )
         assert cfg.describe() == "topp0.5+merge/2+kmeans256r2+keep:float16"
+
+    @pytest.mark.parametrize(
+        "changes,label",
+        [
+            ({"quantizer": "pq"}, "opq16x256"),
+            ({"quantizer": "pq", "pq_opq": False}, "pq16x256"),
+            ({"quantizer": "binary"}, "binary(centered)"),
+            ({"quantizer": "binary", "binary_center": False}, "binary"),
+            ({"quantizer": "bebr", "bebr_scoring": "sdc"}, "bebr(u=1,d=dim,sdc)"),
+            ({"quantizer": "bebr"}, "bebr(u=1,d=dim)"),
+        ],
+    )
+    def test_describe_names_codec_options(self, changes: dict[str, object], label: str) -> None:
+        assert CompressionConfig.from_dict(changes).describe() == label
 
 
 class TestValidation:
@@ -86,6 +103,10 @@ class TestValidation:
             {"pq_m": 0},
             {"bebr_rounds": 2},
             {"bebr_dim": -1},
+            {"bebr_scoring": "symmetric"},
+            {"pq_opq": 1},
+            {"pq_opq": "yes"},
+            {"binary_center": None},
             {"video_segment_frames": 0},
             {"seed": -1},
         ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from patchseek.indexer.compress import (
     SignBinaryQuantizer,
     make_quantizer,
 )
+from patchseek.indexer.compress.quantize.pq import eigenvalue_allocation
 from patchseek.kernels import maxsim
 from tests.indexer.compress.compress_helpers import unit_rows
 
@@ -29,17 +31,37 @@ CODECS: dict[str, Callable[[], Quantizer]] = {
     "float16": Float16Quantizer,
     "binary": SignBinaryQuantizer,
     "binary-hamming": lambda: SignBinaryQuantizer(symmetric=True),
+    "binary-centered": lambda: SignBinaryQuantizer(center=True),
+    "binary-centered-hamming": lambda: SignBinaryQuantizer(symmetric=True, center=True),
     "kmeans": lambda: KMeansQuantizer(k=16),
     "kmeans-u16": lambda: KMeansQuantizer(k=300),
     "kmeans-r2": lambda: KMeansQuantizer(k=16, residual_bits=2),
     "pq": lambda: ProductQuantizer(m=4, k=16),
+    "pq-opq": lambda: ProductQuantizer(m=4, k=16, opq=True),
     "bebr": lambda: BEBRQuantizer(rounds=1, epochs=2),
+    "bebr-sdc": lambda: BEBRQuantizer(rounds=1, epochs=2, scoring="sdc"),
     "bebr-u3-half": lambda: BEBRQuantizer(rounds=3, code_dim=16, epochs=2),
 }
 
 
 def sample(n: int = 600, dim: int = DIM, seed: int = 0) -> np.ndarray:
     return unit_rows(np.random.default_rng(seed).standard_normal((n, dim)))
+
+
+def anisotropic_sample(n: int = 2000, dim: int = DIM, seed: int = 0) -> np.ndarray:
+    """Unit rows with a shared mean direction and a decaying spectrum in a random basis, like patches."""
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.standard_normal((dim, dim)))[0]  # (dim, dim)
+    spectrum = (np.arange(dim) + 1.0) ** -1.0  # (dim,)
+    g = (rng.standard_normal((n, dim)) * np.sqrt(spectrum / spectrum.sum())) @ basis.T  # (n, dim)
+    return unit_rows(0.8 * unit_rows(rng.standard_normal((1, dim))) + g)
+
+
+def strip_param(directory: Path, key: str) -> None:
+    """Remove one parameter from a saved quantizer.json, as an index written before it existed."""
+    meta = json.loads((directory / "quantizer.json").read_text())
+    del meta["params"][key]
+    (directory / "quantizer.json").write_text(json.dumps(meta))
 
 
 def packed_docs(seed: int = 1) -> tuple[np.ndarray, torch.Tensor]:
@@ -125,6 +147,47 @@ class TestSignBinary:
         with pytest.raises(InvalidInputError):
             SignBinaryQuantizer().fit(sample(4, dim=12))
 
+    def test_centered_score_equals_maxsim_on_decoded(self) -> None:
+        quant = SignBinaryQuantizer(center=True).fit(anisotropic_sample())
+        x, offsets = packed_docs()
+        codes = quant.encode(x)
+        q = torch.from_numpy(sample(6, seed=4))
+        ref = maxsim(q, torch.from_numpy(quant.decode(codes)), offsets)
+        torch.testing.assert_close(quant.score(q, codes, offsets), ref, atol=1e-5, rtol=1e-5)
+        assert float(quant.score(q, codes, offsets)[1]) == 0.0  # empty doc: no mean term added
+
+    def test_centering_uses_the_bits_that_the_mean_saturates(self) -> None:
+        # every row has a large positive first coordinate: uncentered, bit 0 is always 1 and carries
+        # nothing; centered, it splits the rows by which side of the mean they fall
+        rng = np.random.default_rng(0)
+        x = unit_rows(np.concatenate([np.full((400, 1), 5.0), rng.standard_normal((400, 7))], axis=1))
+        x[:, 0] += 0.05 * rng.standard_normal(400).astype(np.float32)
+        plain_q = SignBinaryQuantizer().fit(x)
+        plain = np.unpackbits(plain_q.encode(x), axis=1)[:, 0]  # (400,)
+        centered_q = SignBinaryQuantizer(center=True).fit(x)
+        centered = np.unpackbits(centered_q.encode(x), axis=1)[:, 0]  # (400,)
+        assert plain.min() == 1
+        assert 0.2 < centered.mean() < 0.8
+        err = np.square(centered_q.decode(centered_q.encode(x)) - x).sum(1).mean()
+        err_plain = np.square(plain_q.decode(plain_q.encode(x)) - x).sum(1).mean()
+        assert err < 0.5 * err_plain
+
+    def test_centered_hamming_signs_the_centered_query(self) -> None:
+        x = anisotropic_sample(500)
+        quant = SignBinaryQuantizer(symmetric=True, center=True).fit(x)
+        reference = SignBinaryQuantizer(symmetric=True).fit(x)
+        docs, offsets = packed_docs()
+        q = sample(4, seed=2)
+        # Hamming between sign(q - mu) and sign(x - mu) is the uncentered Hamming of the shifted inputs
+        expected = reference.score(q - quant.mean, reference.encode(docs - quant.mean), offsets)
+        torch.testing.assert_close(quant.score(q, quant.encode(docs), offsets), expected)
+
+    def test_index_without_center_key_loads_uncentered(self, tmp_path: Path) -> None:
+        SignBinaryQuantizer().fit(sample()).save(tmp_path)
+        strip_param(tmp_path, "center")
+        loaded = Quantizer.load(tmp_path)
+        assert isinstance(loaded, SignBinaryQuantizer) and not loaded.center
+
 
 class TestKMeans:
     def test_vectors_on_centroids_are_coded_exactly(self) -> None:
@@ -178,19 +241,83 @@ class TestProductQuantizer:
         with pytest.raises(InvalidInputError):
             ProductQuantizer(m=5).fit(sample())
 
+    @pytest.mark.parametrize("opq_iter", [0, 2])
+    def test_opq_score_equals_maxsim_on_decoded(self, opq_iter: int) -> None:
+        quant = ProductQuantizer(m=8, k=32, opq=True, opq_iter=opq_iter).fit(anisotropic_sample())
+        rot = quant.rotation
+        np.testing.assert_allclose(rot @ rot.T, np.eye(DIM), atol=1e-5)
+        x, offsets = packed_docs()
+        codes = quant.encode(x)
+        q = torch.from_numpy(sample(6, seed=4))
+        ref = maxsim(q, torch.from_numpy(quant.decode(codes)), offsets)
+        torch.testing.assert_close(quant.score(q, codes, offsets), ref, atol=1e-5, rtol=1e-5)
+
+    def test_opq_reconstructs_anisotropic_vectors_better(self) -> None:
+        x = anisotropic_sample(3000)
+        errors = [
+            float(np.square(q.decode(q.encode(x)) - x).sum(1).mean())
+            for q in (ProductQuantizer(m=8, k=16, opq=o).fit(x) for o in (False, True))
+        ]
+        assert errors[1] < 0.9 * errors[0]
+
+    def test_eigenvalue_allocation_balances_subspace_variance(self) -> None:
+        x = anisotropic_sample(3000)
+        rot = eigenvalue_allocation(x, 4)  # (dim, dim)
+        var = (x @ rot.T).var(axis=0).reshape(4, -1).sum(axis=1)  # (4,) variance per sub-space
+        plain = x.var(axis=0)[np.argsort(-x.var(axis=0))].reshape(4, -1).sum(axis=1)  # sorted, unbalanced
+        assert var.max() / var.min() < 1.5 < plain.max() / plain.min()
+
+    def test_index_without_opq_key_loads_unrotated(self, tmp_path: Path) -> None:
+        quant = ProductQuantizer(m=4, k=16).fit(sample())
+        quant.save(tmp_path)
+        strip_param(tmp_path, "opq")
+        loaded = Quantizer.load(tmp_path)
+        assert isinstance(loaded, ProductQuantizer) and not loaded.opq
+        np.testing.assert_array_equal(loaded.encode(sample(5)), quant.encode(sample(5)))
+
 
 class TestBEBR:
     @pytest.mark.parametrize("rounds,code_dim", [(0, 0), (1, 0), (1, 16), (3, 8)])
     def test_sdc_score_equals_maxsim_of_decoded_query_and_docs(self, rounds: int, code_dim: int) -> None:
         # decoder alpha·W.T b with orthonormal W: x_hat_q · x_hat_d = alpha² b_q · b_d, which the nibble
         # table must reproduce exactly (this pins the packing, the level values and the table)
-        quant = BEBRQuantizer(rounds=rounds, code_dim=code_dim, epochs=1).fit(sample())
+        quant = BEBRQuantizer(rounds=rounds, code_dim=code_dim, epochs=1, scoring="sdc").fit(sample())
         x, offsets = packed_docs()
         codes = quant.encode(x)
         q = sample(6, seed=4)
         q_hat = torch.from_numpy(quant.decode(quant.encode(q)))
         ref = maxsim(q_hat, torch.from_numpy(quant.decode(codes)), offsets)
         torch.testing.assert_close(quant.score(q, codes, offsets), ref, atol=1e-5, rtol=1e-5)
+
+    @pytest.mark.parametrize("rounds,code_dim", [(0, 0), (1, 0), (1, 16), (3, 8)])
+    def test_asymmetric_score_equals_maxsim_of_float_query_and_decoded_docs(
+        self, rounds: int, code_dim: int
+    ) -> None:
+        # ADC: the per-byte table must reproduce q · decode(codes) exactly (packing, levels, alpha, W)
+        quant = BEBRQuantizer(rounds=rounds, code_dim=code_dim, epochs=1).fit(sample())
+        x, offsets = packed_docs()
+        codes = quant.encode(x)
+        q = sample(6, seed=4)
+        ref = maxsim(torch.from_numpy(q), torch.from_numpy(quant.decode(codes)), offsets)
+        torch.testing.assert_close(quant.score(q, codes, offsets), ref, atol=1e-5, rtol=1e-5)
+        assert quant.lut(torch.from_numpy(q)).shape == (6, quant.bytes_per_patch, 256)
+
+    def test_scorings_differ_on_the_same_codes(self) -> None:
+        x = sample()
+        adc = BEBRQuantizer(rounds=0, epochs=1).fit(x)
+        sdc = BEBRQuantizer(rounds=0, epochs=1, scoring="sdc").fit(x)
+        docs, offsets = packed_docs()
+        np.testing.assert_array_equal(adc.encode(docs), sdc.encode(docs))
+        q = sample(4, seed=8)
+        assert not torch.allclose(
+            adc.score(q, adc.encode(docs), offsets), sdc.score(q, sdc.encode(docs), offsets)
+        )
+
+    def test_index_without_scoring_key_loads_as_sdc(self, tmp_path: Path) -> None:
+        BEBRQuantizer(rounds=0, epochs=1).fit(sample()).save(tmp_path)
+        strip_param(tmp_path, "scoring")
+        loaded = Quantizer.load(tmp_path)
+        assert isinstance(loaded, BEBRQuantizer) and loaded.scoring == "sdc"
 
     def test_seeded_fit_is_deterministic(self) -> None:
         x = sample(800)
@@ -223,6 +350,8 @@ class TestBEBR:
             BEBRQuantizer(code_dim=64).fit(sample())  # code_dim > dim
         with pytest.raises(InvalidInputError):
             BEBRQuantizer(rounds=0, code_dim=12).fit(sample())  # 12 bits is not whole bytes
+        with pytest.raises(InvalidInputError):
+            BEBRQuantizer(scoring="hamming")
 
 
 def test_factory_builds_each_kind() -> None:
@@ -235,6 +364,17 @@ def test_factory_builds_each_kind() -> None:
     }
     for kind, cls in kinds.items():
         assert type(make_quantizer(CompressionConfig(quantizer=kind))) is cls  # type: ignore[arg-type]
+
+
+def test_factory_passes_codec_options() -> None:
+    binary = make_quantizer(CompressionConfig(quantizer="binary", binary_center=False))
+    assert isinstance(binary, SignBinaryQuantizer) and not binary.center
+    assert make_quantizer(CompressionConfig(quantizer="binary")).center  # type: ignore[attr-defined]
+    pq = make_quantizer(CompressionConfig(quantizer="pq", pq_opq=False))
+    assert isinstance(pq, ProductQuantizer) and not pq.opq
+    assert make_quantizer(CompressionConfig(quantizer="pq")).opq  # type: ignore[attr-defined]
+    bebr = make_quantizer(CompressionConfig(quantizer="bebr", bebr_scoring="sdc"))
+    assert isinstance(bebr, BEBRQuantizer) and bebr.scoring == "sdc"
 
 
 def test_load_rejects_missing_and_unknown(tmp_path: Path) -> None:

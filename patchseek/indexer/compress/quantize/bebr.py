@@ -14,11 +14,19 @@ vectors by the reconstruction loss ``‖x - x_hat‖²`` with straight-through s
 orthonormal by a QR parametrisation, initialised from the sample's top principal directions times a
 seeded random rotation (ITQ-style variance balancing).
 
-Because the decoder is ``alpha_u · W.T b`` with orthonormal ``W``, ``x_hat_q · x_hat_d = alpha_u² ·
-b_q · b_d``: queries are encoded the same way and scored symmetrically in code space. The level
-indices are packed ``u + 1`` bits per dimension, high bits first, so each 4-bit nibble holds a fixed
-group of ``4 / (u + 1)`` dimensions, and ``pair(q, d) = Σ_bytes T[q_hi, d_hi] + T[q_lo, d_lo]`` with the
-16 × 16 table ``T[a, b] = alpha_u² Σ_{t in group} level(a_t) · level(b_t)`` (``sdc_maxsim``).
+The level indices are packed ``u + 1`` bits per dimension, high bits first, so each byte holds a
+fixed group of ``8 / (u + 1)`` code dimensions (each 4-bit nibble ``4 / (u + 1)`` of them). Two
+scorings, both exact functions of the codes:
+
+- ``"asymmetric"`` (default, ADC): the float query against the decoded document,
+  ``q · x_hat_d = alpha_u · (W q) · b_d``, as a per-query table over byte values
+  ``lut[i, s, v] = alpha_u Σ_{t in byte s} (W q_i)_t · level(v_t)`` (n_q, bytes, 256) summed by
+  ``code_maxsim`` — no quantization error on the query side, the better ranking;
+- ``"sdc"`` (symmetric, as in the BEBR paper): the query is encoded the same way and, because the
+  decoder is ``alpha_u · W.T b`` with orthonormal ``W``, ``x_hat_q · x_hat_d = alpha_u² · b_q · b_d``
+  ``= Σ_bytes T[q_hi, d_hi] + T[q_lo, d_lo]`` with the 16 × 16 table
+  ``T[a, b] = alpha_u² Σ_{t in group} level(a_t) · level(b_t)`` (``sdc_maxsim``) — tiny tables and
+  integer codes on both sides, at the price of the query's own quantization error.
 """
 
 from __future__ import annotations
@@ -34,9 +42,10 @@ import torch.nn.functional as F
 from patchseek.errors import InvalidInputError
 from patchseek.indexer.compress.base import Backend, Quantizer
 from patchseek.indexer.compress.quantize._common import pack_uint, unpack_uint
-from patchseek.kernels import sdc_maxsim
+from patchseek.kernels import code_maxsim, sdc_maxsim
 
 ENCODE_CHUNK = 65536
+SCORINGS = ("asymmetric", "sdc")
 # one residual MLP: w1 (h, dim), b1 (h,), w2 (c, h), b2 (c,)
 Mlp = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -73,7 +82,7 @@ def _recurrent(
 
 
 class BEBRQuantizer(Quantizer):
-    """Recurrent binarization with ``rounds + 1`` bits per code dimension, scored with a nibble table.
+    """Recurrent binarization with ``rounds + 1`` bits per code dimension, scored by ADC or a nibble table.
 
     codes (n, c·(rounds+1)/8) uint8. See the module docstring for the model.
 
@@ -83,6 +92,8 @@ class BEBRQuantizer(Quantizer):
         Residual rounds ``u`` (1, 2 or 4 bits per code dimension).
     code_dim : int
         Code dimension ``c`` (0 = the embedding dimension); ``c ≤ dim``, ``c·(u+1) % 8 == 0``.
+    scoring : {"asymmetric", "sdc"}
+        Float query × decoded codes (ADC), or query codes × document codes (SDC nibble table).
     hidden : int
         Width of the residual MLPs.
     epochs : int
@@ -104,6 +115,7 @@ class BEBRQuantizer(Quantizer):
         rounds: int = 1,
         code_dim: int = 0,
         *,
+        scoring: str = "asymmetric",
         hidden: int = 128,
         epochs: int = 6,
         batch_size: int = 2048,
@@ -116,8 +128,11 @@ class BEBRQuantizer(Quantizer):
             raise InvalidInputError(f"bebr rounds must be 0, 1 or 3, got {rounds!r}")
         if isinstance(code_dim, bool) or not isinstance(code_dim, int) or code_dim < 0:
             raise InvalidInputError(f"bebr code_dim must be an integer >= 0, got {code_dim!r}")
+        if scoring not in SCORINGS:
+            raise InvalidInputError(f"bebr scoring must be one of {list(SCORINGS)}, got {scoring!r}")
         self.rounds = rounds
         self.code_dim = code_dim
+        self.scoring = scoring
         self.hidden = hidden
         self.epochs = epochs
         self.batch_size = batch_size
@@ -246,13 +261,34 @@ class BEBRQuantizer(Quantizer):
         vals = self._levels()[(nib[:, None] >> shifts[None, :]) & mask]  # (16, group)
         return (self.alphas[self.rounds] ** 2 * vals @ vals.T).float().contiguous()  # (16, 16)
 
+    def byte_levels(self) -> torch.Tensor:
+        """Level value of each code dimension held by each byte value: (256, 8 / (u + 1)) float32."""
+        per = 8 // self.bits
+        shifts = self.bits * (per - 1 - torch.arange(per))  # (per,), high bits first as in pack_uint
+        digits = (torch.arange(256)[:, None] >> shifts[None, :]) & ((1 << self.bits) - 1)  # (256, per)
+        return self._levels()[digits]  # (256, per)
+
+    def lut(self, q: torch.Tensor) -> torch.Tensor:
+        """ADC table of a float query: q (n_q, dim) -> (n_q, bytes, 256) float32, ``q · x_hat`` summed.
+
+        ``pair(i, j) = Σ_s lut[i, s, codes[j, s]] = q_i · decode(codes[j])``.
+        """
+        y = q.float() @ self.W.T  # (n_q, c): the query in code coordinates
+        per = 8 // self.bits
+        grouped = y.reshape(q.shape[0], -1, per)  # (n_q, bytes, per)
+        return (self.alphas[self.rounds] * torch.einsum("qsp,vp->qsv", grouped, self.byte_levels())).float()
+
     # ------------------------------------------------------------------------------------ score
     def _prepare_impl(self, q: torch.Tensor) -> Any:
+        if self.scoring == "asymmetric":
+            return self.lut(q).contiguous()  # (n_q, bytes, 256)
         return torch.from_numpy(self._encode_impl(q.numpy()))  # (n_q, bytes) uint8, same code as docs
 
     def _score_impl(
         self, prepared: Any, codes: torch.Tensor, offsets: torch.Tensor, backend: Backend
     ) -> torch.Tensor:
+        if self.scoring == "asymmetric":
+            return code_maxsim(prepared.to(codes.device), codes, offsets, backend=backend)  # (n_docs,)
         table = self.table().to(codes.device)  # (16, 16)
         return sdc_maxsim(prepared.to(codes.device), codes, offsets, table, backend=backend)  # (n_docs,)
 
@@ -261,6 +297,7 @@ class BEBRQuantizer(Quantizer):
         params = {
             "rounds": self.rounds,
             "code_dim": self.code_dim,
+            "scoring": self.scoring,
             "hidden": self.hidden,
             "epochs": self.epochs,
             "batch_size": self.batch_size,
@@ -280,6 +317,7 @@ class BEBRQuantizer(Quantizer):
         obj = cls(
             int(params["rounds"]),
             int(params["code_dim"]),
+            scoring=str(params.get("scoring", "sdc")),  # indexes written before ADC scored with SDC
             hidden=int(params["hidden"]),
             epochs=int(params["epochs"]),
             batch_size=int(params["batch_size"]),

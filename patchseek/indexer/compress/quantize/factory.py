@@ -20,11 +20,13 @@ def make_quantizer(config: CompressionConfig) -> Quantizer:
     """
     kind = config.quantizer
     if kind == "binary":
-        return SignBinaryQuantizer()
+        return SignBinaryQuantizer(center=config.binary_center)
     if kind == "kmeans":
         return KMeansQuantizer(config.kmeans_k, config.residual_bits, seed=config.seed)
     if kind == "pq":
-        return ProductQuantizer(config.pq_m, seed=config.seed)
+        return ProductQuantizer(config.pq_m, opq=config.pq_opq, seed=config.seed)
     if kind == "bebr":
-        return BEBRQuantizer(config.bebr_rounds, config.bebr_dim, seed=config.seed)
+        return BEBRQuantizer(
+            config.bebr_rounds, config.bebr_dim, scoring=config.bebr_scoring, seed=config.seed
+        )
     return Float16Quantizer()

@@ -25,9 +25,12 @@ class KMeansQuantizer(Quantizer):
     With ``residual_bits = b`` (PLAID), the residual ``x - C[code]`` is quantised per dimension into
     ``2^b`` buckets whose cutoffs are the per-dimension quantiles of the sample's residuals and whose
     weights are the per-bucket mean residual (Lloyd's reconstruction). Codes are then (n, id_bytes +
-    dim·b/8) uint8: the centroid id (little-endian) followed by the packed bucket indices. Scoring
-    decodes ``centroid + residual`` and runs the float ``maxsim`` kernel: correct, not fast — a LUT over
-    residual buckets is the optimisation left for later (``score_many`` decodes once per batch).
+    dim·b/8) uint8: the centroid id (little-endian) followed by the packed bucket indices. With
+    ``k`` ≤ 256 the whole code is a row of bytes and ``q · x_hat`` is additive over them, so scoring is
+    ADC through ``code_maxsim`` with a (n_q, 1 + dim·b/8, 256) table: byte 0 looks up ``q · C[id]``,
+    residual byte ``s`` looks up ``Σ_{t in byte s} q_t · weights[t, bucket_t]``. With 2-byte ids the
+    id is not additive over its bytes: those codes are decoded and scored by the float ``maxsim``
+    kernel (``score_many`` decodes once per batch).
 
     Parameters
     ----------
@@ -141,15 +144,42 @@ class KMeansQuantizer(Quantizer):
         return out
 
     # ------------------------------------------------------------------------------------ score
+    @property
+    def _decodes_to_score(self) -> bool:
+        """Residual codes with 2-byte ids are scored on decoded vectors (see the class docstring)."""
+        return bool(self.residual_bits) and self.id_bytes == 2
+
+    def lut(self, q: torch.Tensor) -> torch.Tensor:
+        """ADC table of a float query for 1-byte-id residual codes: q (n_q, dim) -> (n_q, 1 + dim·b/8, 256).
+
+        ``Σ_s lut[i, s, codes[j, s]] = q_i · decode(codes[j])``.
+        """
+        n_q, dim = q.shape
+        centroids = torch.from_numpy(self.centroids)  # (k', dim)
+        id_part = torch.zeros(n_q, 1, 256)  # ids ≥ k' never occur
+        id_part[:, 0, : centroids.shape[0]] = q @ centroids.T  # (n_q, k')
+        bits = self.residual_bits
+        per = 8 // bits
+        shifts = bits * (per - 1 - torch.arange(per))  # (per,), high bits first as in pack_uint
+        digits = (torch.arange(256)[:, None] >> shifts[None, :]) & ((1 << bits) - 1)  # (256, per)
+        weights = torch.from_numpy(self.weights).reshape(dim // per, per, -1)  # (bytes, per, 2^b)
+        cols = torch.arange(per)[None, :].expand(256, per)  # (256, per)
+        byte_weights = weights[:, cols, digits]  # (bytes, 256, per): weight of value v's p-th bucket
+        grouped = q.reshape(n_q, dim // per, per)  # (n_q, bytes, per)
+        res_part = torch.einsum("qsp,svp->qsv", grouped, byte_weights)  # (n_q, bytes, 256)
+        return torch.cat([id_part, res_part], dim=1).contiguous()  # (n_q, 1 + bytes, 256)
+
     def _prepare_impl(self, q: torch.Tensor) -> Any:
-        if self.residual_bits:
+        if self._decodes_to_score:
             return q  # (n_q, dim): scored against decoded vectors
+        if self.residual_bits:
+            return self.lut(q)  # (n_q, 1 + dim·b/8, 256)
         return q @ torch.from_numpy(self.centroids).T  # (n_q, k) LUT T = Q @ C.T
 
     def _score_impl(
         self, prepared: Any, codes: torch.Tensor, offsets: torch.Tensor, backend: Backend
     ) -> torch.Tensor:
-        if not self.residual_bits:
+        if not self._decodes_to_score:
             return code_maxsim(prepared.to(codes.device), codes, offsets, backend=backend)  # (n_docs,)
         decoded = torch.from_numpy(self._decode_impl(codes.cpu().numpy())).to(codes.device)  # (N, dim)
         return maxsim(prepared.to(codes.device), decoded, offsets, backend=backend)  # (n_docs,)
@@ -157,8 +187,8 @@ class KMeansQuantizer(Quantizer):
     def score_many(
         self, queries: list[ArrayLike], codes: ArrayLike, offsets: ArrayLike, *, backend: Backend = "auto"
     ) -> torch.Tensor:
-        """(n_queries, n_docs) float32; with residuals the documents are decoded once for all queries."""
-        if not self.residual_bits:
+        """(n_queries, n_docs) float32; codes scored on decoded vectors are decoded once for all queries."""
+        if not self._decodes_to_score:
             return super().score_many(queries, codes, offsets, backend=backend)
         code_t = as_code_tensor(codes)
         off = as_offsets(offsets, int(code_t.shape[0]))  # (n_docs + 1,)
