@@ -1,8 +1,47 @@
-"""Search: segment files and the late-interaction retriever."""
+"""Search: segment files, stage-1 candidate generators and the three-stage late-interaction retriever."""
 
 from __future__ import annotations
 
-from patchseek.search.retriever import PackedIndex, ScoredUnit, UnitRows, search
+from patchseek.search.base import CandidateGenerator, Candidates
+from patchseek.search.candidates import (
+    EXACT_THRESHOLD,
+    ExactCandidateGenerator,
+    FaissCandidateGenerator,
+    choose_stage1,
+    make_candidate_generator,
+)
+from patchseek.search.retriever import (
+    MultiStageRetriever,
+    PackedIndex,
+    RetrievalResult,
+    ScoredUnit,
+    SearchParams,
+    UnitRows,
+    UnitVectors,
+    search,
+)
+from patchseek.search.segments import Segment, SegmentWriter, list_segments
 from patchseek.search.store import DocumentVectors, SegmentStore
 
-__all__ = ["DocumentVectors", "PackedIndex", "ScoredUnit", "SegmentStore", "UnitRows", "search"]
+__all__ = [
+    "EXACT_THRESHOLD",
+    "CandidateGenerator",
+    "Candidates",
+    "DocumentVectors",
+    "ExactCandidateGenerator",
+    "FaissCandidateGenerator",
+    "MultiStageRetriever",
+    "PackedIndex",
+    "RetrievalResult",
+    "ScoredUnit",
+    "SearchParams",
+    "Segment",
+    "SegmentStore",
+    "SegmentWriter",
+    "UnitRows",
+    "UnitVectors",
+    "choose_stage1",
+    "list_segments",
+    "make_candidate_generator",
+    "search",
+]

@@ -3,13 +3,21 @@
 Layout: ``<root>/<collection_id>/v<version>/doc-<document_id>.<part>.npy`` with parts
 ``vectors`` (n, dim) float16, ``positions`` (n, 2) int16 and ``salience`` (n,) float16, rows of all the
 document's units one after the other (each unit records its row offset and count in the database).
-Files are written atomically before the database transaction that makes the document visible, so a
-crash leaves at worst an orphan file that nothing points to.
+Files are written durably and atomically (temp file, fsync, rename, fsync of the folder) before the
+database transaction that makes the document visible, so a crash leaves at worst an orphan file that
+nothing points to, never a truncated file under a visible name.
+
+Derived parts (``DERIVED_PARTS``) are written by search, not by ingest: ``codes`` (the version codec's
+codes of the document's rows) and ``coarse`` (the rows' stage-1 centroid ids). They are a cache of a
+deterministic function of ``vectors`` and the version's fitted state, so search writes them the first time
+it needs them; ``write`` removes stale ones before it writes a document's vectors (SQLite may reuse the id
+of a deleted document).
 """
 
 from __future__ import annotations
 
 import io
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +29,29 @@ from patchseek.indexer.blobs import atomic_write
 from patchseek.types import PatchBag
 
 PARTS = ("vectors", "positions", "salience")
+DERIVED_PARTS = ("codes", "coarse")
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (a rename inside it) to disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def durable_save(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` as ``.npy`` at ``path``: temp file, fsync, rename, fsync of the folder."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array))
+    atomic_write(path, buf.getvalue())
+    fsync_dir(path.parent)
 
 
 @dataclass(frozen=True)
@@ -64,11 +95,26 @@ class SegmentStore:
             if offset
             else np.zeros((0,), np.float16),
         }
+        for part in DERIVED_PARTS:
+            self._path(collection_id, version, document_id, part).unlink(missing_ok=True)
         for part, array in arrays.items():
-            buf = io.BytesIO()
-            np.save(buf, np.ascontiguousarray(array))
-            atomic_write(self._path(collection_id, version, document_id, part), buf.getvalue())
+            durable_save(self._path(collection_id, version, document_id, part), array)
         return spans
+
+    def write_part(
+        self, collection_id: int, version: int, document_id: int, part: str, array: np.ndarray
+    ) -> None:
+        """Durably write one derived part (``"codes"`` or ``"coarse"``) of a document."""
+        if part not in DERIVED_PARTS:
+            raise ValueError(f"unknown derived part {part!r}; expected one of {DERIVED_PARTS}")
+        durable_save(self._path(collection_id, version, document_id, part), array)
+
+    def read_part(self, collection_id: int, version: int, document_id: int, part: str) -> np.ndarray | None:
+        """Memory-map one part of a document, or None when it has not been written."""
+        try:
+            return np.load(self._path(collection_id, version, document_id, part), mmap_mode="r")
+        except FileNotFoundError:
+            return None
 
     def read(self, collection_id: int, version: int, document_id: int) -> DocumentVectors:
         """Memory-map a document's rows."""
@@ -90,13 +136,13 @@ class SegmentStore:
         )
 
     def delete(self, collection_id: int, version: int, document_id: int) -> None:
-        for part in PARTS:
+        for part in PARTS + DERIVED_PARTS:
             self._path(collection_id, version, document_id, part).unlink(missing_ok=True)
 
     def delete_document(self, collection_id: int, document_id: int) -> None:
         """Remove a document's files from every index version of the collection."""
         for folder in (self.root / str(int(collection_id))).glob("v*"):
-            for part in PARTS:
+            for part in PARTS + DERIVED_PARTS:
                 (folder / f"doc-{int(document_id)}.{part}.npy").unlink(missing_ok=True)
 
     def drop_version(self, collection_id: int, version: int) -> None:

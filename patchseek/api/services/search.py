@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,9 +23,17 @@ from patchseek.api.db.models import Collection, Document, IndexVersion, Unit
 from patchseek.api.services.collections import active_version, get_collection
 from patchseek.api.services.context import ServiceContext
 from patchseek.errors import InvalidInputError, NotFoundError
-from patchseek.indexer.compress import CompressedBatch, CompressionConfig, Compressor
+from patchseek.indexer.compress import CompressionConfig, Compressor, KMeansQuantizer
 from patchseek.indexer.sources import read_image
-from patchseek.search.retriever import PackedIndex, UnitRows, search, search_compressed
+from patchseek.search.candidates import (
+    EXACT_THRESHOLD,
+    STAGE1_CHOICES,
+    FaissCandidateGenerator,
+    choose_stage1,
+    default_n_centroids,
+)
+from patchseek.search.retriever import MultiStageRetriever, SearchParams, UnitRows, UnitVectors
+from patchseek.search.store import fsync_dir
 from patchseek.types import PatchBag
 
 
@@ -51,23 +62,38 @@ class SearchResult:
 @dataclass(frozen=True)
 class _CachedIndex:
     key: tuple[int, int]  # (generation, version id)
-    index: PackedIndex
+    retriever: MultiStageRetriever
+    doc_ids: torch.Tensor  # (n_units,) int64 document of each unit
     media_types: torch.Tensor  # (n_units,) int8 code per unit, see _MEDIA
-    compressor: Compressor | None = None  # the version's fitted codec, when it has one
-    codes: CompressedBatch | None = None  # every unit's codes, in index order
+
+    @property
+    def n_units(self) -> int:
+        return self.retriever.n_units
 
 
 _MEDIA = {"pdf": 0, "image": 1, "video": 2}
+STAGE1_K = 1000  # units stage 1 hands to stage 2 (DESIGN.md: ~1000)
+EXACT_UNITS = EXACT_THRESHOLD  # collections smaller than this are scanned exactly unless told otherwise
+FIT_UNITS = 2000  # units sampled (evenly) to fit a version's codec or coarse centroids
 
 
 class SearchService:
+    """Search over a collection's active index version with the three-stage ``MultiStageRetriever``.
+
+    The retriever is built once per (generation, version) and cached: per-document float16 segment files
+    stay memory-mapped (stage 3 reads only the shortlist); the version's codec is fitted once and saved
+    beside them; each document's codes (and, for codecs other than k-means, its stage-1 centroid ids)
+    are computed once and saved as derived segment parts; FAISS inverted lists are built from them for
+    collections of ``EXACT_THRESHOLD`` units or more.
+    """
+
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
         self._cache: dict[int, _CachedIndex] = {}
         self._lock = threading.Lock()
 
     def _index(self, collection: Collection) -> _CachedIndex:
-        """The collection's packed index, rebuilt only when its generation or version changed."""
+        """The collection's retriever, rebuilt only when its generation or version changed."""
         key = (collection.generation, int(collection.active_version_id or 0))
         with self._lock:
             cached = self._cache.get(collection.id)
@@ -75,58 +101,153 @@ class SearchService:
                 return cached
             with self.ctx.db.session() as session:
                 version = active_version(session, collection)
+                session.expunge(version)
                 rows = session.execute(
                     select(Unit.id, Unit.document_id, Unit.patch_offset, Unit.n_patches, Document.media_type)
                     .join(Document, Document.id == Unit.document_id)
                     .where(Unit.index_version_id == version.id, Document.status == "ready")
                     .order_by(Unit.id)
                 ).all()
-            arrays = {
-                doc_id: self.ctx.segments.read(collection.id, version.number, doc_id).vectors
-                for doc_id in {r.document_id for r in rows}
-            }
-            index = PackedIndex.build(
-                [UnitRows(r.id, r.document_id, r.patch_offset, r.n_patches) for r in rows],
-                arrays,
-                version.dim,
+            arrays: dict[int, np.ndarray] = {}
+            for doc_id in {r.document_id for r in rows}:
+                try:
+                    arrays[doc_id] = self.ctx.segments.read(collection.id, version.number, doc_id).vectors
+                except FileNotFoundError:  # deleted since the query: its rows leave with the next generation
+                    continue
+            rows = [r for r in rows if r.document_id in arrays]
+            units = [UnitRows(r.id, r.document_id, r.patch_offset, r.n_patches) for r in rows]
+            vectors = UnitVectors.from_rows(units, arrays, version.dim)
+            compressor, codes = self._codes(collection.id, version, units, arrays)
+            generator = None
+            has_rows = int(vectors.lengths.sum()) > 0
+            if has_rows and choose_stage1(len(units), threshold=EXACT_UNITS) == "faiss":
+                generator = self._generator(collection.id, version, units, arrays, compressor, codes)
+            retriever = MultiStageRetriever(
+                vectors,
+                compressor=compressor,
+                codes=codes,
+                generator=generator,
+                unit_ids=np.array([u.unit_id for u in units], dtype=np.int64),
+                exact_threshold=EXACT_UNITS,
             )
             media = torch.tensor([_MEDIA.get(r.media_type or "", -1) for r in rows], dtype=torch.int8)
-            compressor, codes = self._codes(collection.id, version, index)
-            cached = _CachedIndex(key, index, media, compressor, codes)
+            doc_ids = torch.tensor([u.document_id for u in units], dtype=torch.int64)
+            cached = _CachedIndex(key, retriever, doc_ids, media)
             self._cache[collection.id] = cached
             return cached
 
-    def _codes(
-        self, collection_id: int, version: IndexVersion, index: PackedIndex
-    ) -> tuple[Compressor | None, CompressedBatch | None]:
-        """Quantize the index with the version's codec: fitted once on the version's vectors and saved
-        beside its segment files, reused after that (a rebuild fits a new one)."""
-        config = CompressionConfig.from_dict(version.compression or {})
-        if config.quantizer == "none" or index.n_units == 0 or int(index.offsets[-1]) == 0:
-            return None, None
-        bags = [
-            PatchBag(
-                index.vectors[int(a) : int(b)],
-                torch.zeros(int(b) - int(a)),
-                torch.zeros(int(b) - int(a), 2, dtype=torch.int64),
-                (0, 0),
+    def _attach_generator(self, collection: Collection, cached: _CachedIndex) -> None:
+        """Build FAISS lists for a collection small enough to be scanned, when a request asks for them."""
+        with self._lock:
+            if cached.retriever.generator is not None:
+                return
+            retriever = cached.retriever
+            with self.ctx.db.session() as session:
+                version = active_version(session, collection)
+                session.expunge(version)
+            units = [
+                UnitRows(int(uid), int(did), int(start), int(n))
+                for uid, did, start, n in zip(
+                    retriever.unit_ids.tolist(),
+                    cached.doc_ids.tolist(),
+                    retriever.vectors.starts.tolist(),
+                    retriever.vectors.lengths.tolist(),
+                    strict=True,
+                )
+            ]
+            arrays = {
+                doc_id: self.ctx.segments.read(collection.id, version.number, doc_id).vectors
+                for doc_id in set(cached.doc_ids.tolist())
+            }
+            retriever.attach_generator(
+                self._generator(collection.id, version, units, arrays, retriever.compressor, retriever.codes)
             )
-            for a, b in zip(index.offsets[:-1].tolist(), index.offsets[1:].tolist(), strict=True)
-        ]
+
+    def _fit_bags(self, units: list[UnitRows], arrays: dict[int, np.ndarray]) -> list[PatchBag]:
+        """Float32 bags of up to ``FIT_UNITS`` units spread evenly over the collection."""
+        picks = np.unique(np.linspace(0, len(units) - 1, num=min(len(units), FIT_UNITS)).astype(np.int64))
+        bags = []
+        for i in picks.tolist():
+            u = units[i]
+            v = torch.from_numpy(
+                np.asarray(arrays[u.document_id][u.offset : u.offset + u.n_patches], np.float32)
+            )
+            bags.append(
+                PatchBag(v, torch.zeros(v.shape[0]), torch.zeros(v.shape[0], 2, dtype=torch.int64), (0, 0))
+            )
+        return bags
+
+    def _codes(
+        self, collection_id: int, version: IndexVersion, units: list[UnitRows], arrays: dict[int, np.ndarray]
+    ) -> tuple[Compressor | None, np.ndarray | None]:
+        """The version's codec (fitted once and saved beside its segment files) and every unit's codes,
+        packed in unit order; each document's codes are encoded once and saved as its ``codes`` part."""
+        config = CompressionConfig.from_dict(version.compression or {})
+        if config.quantizer == "none" or not units or sum(u.n_patches for u in units) == 0:
+            return None, None
         folder = self.ctx.segments.folder(collection_id, version.number) / "codec"
         if (folder / "compression.json").exists():
             compressor = Compressor.load(folder)
         else:
             compressor = Compressor(config)
-            compressor.fit(bags, compressed=True)
-            tmp = folder.with_name(f".codec-{uuid.uuid4().hex}")
-            compressor.save(tmp)
-            try:
-                tmp.rename(folder)
-            except OSError:  # another process saved one first: use theirs
-                shutil.rmtree(tmp, ignore_errors=True)
-                compressor = Compressor.load(folder)
-        return compressor, compressor.encode(bags, compressed=True)
+            compressor.fit(self._fit_bags(units, arrays), compressed=True)
+            _publish_folder(folder, compressor.save)
+            compressor = Compressor.load(folder)  # whoever published first wins
+        per_doc = {
+            doc_id: self._derived(
+                collection_id, version.number, doc_id, "codes", vectors, compressor.quantizer.encode
+            )
+            for doc_id, vectors in arrays.items()
+        }
+        return compressor, _pack(units, per_doc)
+
+    def _generator(
+        self,
+        collection_id: int,
+        version: IndexVersion,
+        units: list[UnitRows],
+        arrays: dict[int, np.ndarray],
+        compressor: Compressor | None,
+        codes: np.ndarray | None,
+    ) -> FaissCandidateGenerator:
+        """FAISS stage-1 lists: from the k-means codes themselves (PLAID), else from coarse centroids
+        fitted once per version (saved under ``ivf/``) and each document's saved ``coarse`` ids."""
+        lengths = np.array([u.n_patches for u in units], dtype=np.int64)
+        quantizer = None if compressor is None else compressor.quantizer
+        if isinstance(quantizer, KMeansQuantizer) and codes is not None:
+            ids = codes if codes.ndim == 1 else _kmeans_ids(codes, quantizer.id_bytes)
+            return FaissCandidateGenerator.from_assignments(quantizer.centroids, [(ids, lengths)])
+        folder = self.ctx.segments.folder(collection_id, version.number) / "ivf"
+        if not (folder / "centroids.npy").exists():
+            sample = np.concatenate([b.vectors.numpy() for b in self._fit_bags(units, arrays)])
+            rng = np.random.default_rng(0)
+            sample = sample[rng.choice(sample.shape[0], size=min(sample.shape[0], 65536), replace=False)]
+            centroids = FaissCandidateGenerator.fit_centroids(sample, default_n_centroids(int(lengths.sum())))
+            _publish_folder(folder, lambda tmp: np.save(tmp / "centroids.npy", centroids))
+        centroids = np.load(folder / "centroids.npy")
+        per_doc = {
+            doc_id: self._derived(
+                collection_id,
+                version.number,
+                doc_id,
+                "coarse",
+                vectors,
+                lambda x: FaissCandidateGenerator.assign(x, centroids),
+            )
+            for doc_id, vectors in arrays.items()
+        }
+        return FaissCandidateGenerator.from_assignments(centroids, [(_pack(units, per_doc), lengths)])
+
+    def _derived(
+        self, collection_id: int, number: int, doc_id: int, part: str, vectors: np.ndarray, fn: Any
+    ) -> np.ndarray:
+        """A document's saved derived part, computed from its vectors and saved when missing or stale."""
+        stored = self.ctx.segments.read_part(collection_id, number, doc_id, part)
+        if stored is not None and stored.shape[0] == vectors.shape[0]:
+            return stored
+        out = np.asarray(fn(np.asarray(vectors, dtype=np.float32)))  # (n_rows, ...)
+        self.ctx.segments.write_part(collection_id, number, doc_id, part, out)
+        return out
 
     def search(
         self,
@@ -139,11 +260,17 @@ class SearchService:
         media_types: Sequence[str] | None = None,
         candidates: int = 100,
         rerank: bool = True,
+        stage1: str = "auto",
+        stage1_k: int = STAGE1_K,
+        nprobe: int | None = None,
     ) -> SearchResult:
         """Top ``top_k`` units for a text ``query`` or an ``image`` query, optionally filtered.
 
-        Collections with a quantizer are searched in stages: approximate scores on the codes pick
-        ``candidates`` units, which (with ``rerank``) are re-scored exactly on the stored vectors.
+        Three stages (``MultiStageRetriever``): ``stage1`` (``"auto"``: an exact scan below
+        ``EXACT_THRESHOLD`` units, FAISS above; ``"exact"`` / ``"faiss"`` force one) picks ``stage1_k``
+        units; collections with a quantizer score them on the codes and keep ``candidates``, which (with
+        ``rerank``) are re-scored exactly on the stored vectors. Without a quantizer the candidates are
+        scored exactly at once. Filters apply before any scoring.
         """
         start = time.perf_counter()
         if (query is None or not query.strip()) and image is None:
@@ -153,6 +280,8 @@ class SearchService:
         for m in media_types or []:
             if m not in _MEDIA:
                 raise InvalidInputError(f"unknown media type {m!r}; use pdf, image or video")
+        if stage1 not in STAGE1_CHOICES:
+            raise InvalidInputError(f"unknown stage1 {stage1!r}; use auto, exact or faiss")
         with self.ctx.db.session() as session:
             collection = get_collection(session, collection_name)
         encoder = self.ctx.encoder(collection.encoder)
@@ -161,25 +290,28 @@ class SearchService:
         else:
             q = encoder.encode_queries([query or ""])[0]
         cached = self._index(collection)
-        index = cached.index
         mask = None
         if document_ids:
-            mask = torch.isin(index.doc_ids, torch.tensor(list(document_ids), dtype=torch.int64))
+            mask = torch.isin(cached.doc_ids, torch.tensor(list(document_ids), dtype=torch.int64))
         if media_types:
             codes = torch.tensor([_MEDIA[m] for m in media_types], dtype=torch.int8)
             media_mask = torch.isin(cached.media_types, codes)
             mask = media_mask if mask is None else mask & media_mask
-        if cached.compressor is not None and cached.codes is not None and q.shape[0]:
-            approx = cached.compressor.score(q, cached.codes)  # (n_units,)
-            scored = search_compressed(
-                index, approx, q, top_k, candidates=candidates, exact_rerank=rerank, unit_mask=mask
-            )
-        else:
-            scored = search(index, q, top_k, unit_mask=mask)
+        params = SearchParams(
+            top_k=top_k,
+            candidates=candidates,
+            rerank=rerank,
+            stage1=stage1,
+            stage1_k=max(stage1_k, candidates),
+            nprobe=nprobe,
+        )
+        if stage1 == "faiss" and cached.retriever.generator is None and cached.n_units:
+            self._attach_generator(collection, cached)
+        scored = cached.retriever.search(q, params, unit_mask=mask)
         hits = self._hits(scored)
         took = time.perf_counter() - start
         metrics.SEARCH_LATENCY.observe(took)
-        return SearchResult(query, hits, took * 1000, index.n_units)
+        return SearchResult(query, hits, took * 1000, cached.n_units)
 
     def context(
         self, collection_name: str, *, query: str, top_k: int = 5, with_images: bool = True
@@ -311,3 +443,31 @@ def unit_heatmap(
     base = image.convert("RGB")
     base.paste(red, mask=alpha)
     return base
+
+
+def _pack(units: list[UnitRows], per_doc: dict[int, np.ndarray]) -> np.ndarray:
+    """Rows of every unit, in unit order, from per-document arrays ``{document_id: (n, ...)}``."""
+    parts = [per_doc[u.document_id][u.offset : u.offset + u.n_patches] for u in units]
+    return np.ascontiguousarray(np.concatenate(parts))  # (N, ...)
+
+
+def _kmeans_ids(codes: np.ndarray, id_bytes: int) -> np.ndarray:
+    """Centroid ids (N,) of residual k-means codes (N, id_bytes + residual bytes) uint8."""
+    head = np.ascontiguousarray(codes[:, :id_bytes])  # (N, id_bytes)
+    return head[:, 0] if id_bytes == 1 else head.view("<u2")[:, 0]
+
+
+def _publish_folder(folder: Path, write: Callable[[Path], Any]) -> None:
+    """Fill a temp folder with ``write(tmp)``, fsync it, rename it to ``folder`` (first writer wins)."""
+    tmp = folder.with_name(f".{folder.name}-{uuid.uuid4().hex}")
+    tmp.mkdir(parents=True)
+    write(tmp)
+    for f in tmp.iterdir():
+        with open(f, "rb+") as fh:
+            os.fsync(fh.fileno())
+    fsync_dir(tmp)
+    try:
+        tmp.rename(folder)
+        fsync_dir(folder.parent)
+    except OSError:  # another process published it first: use theirs
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,79 @@
+"""SearchService on the three-stage retriever: FAISS stage 1, saved derived parts, immediate deletes."""
+
+from __future__ import annotations
+
+import pytest
+
+from patchseek.api.services import CollectionService, IngestService, SearchService, ServiceContext
+from patchseek.errors import InvalidInputError
+from tests.api.test_compressed_collections import TOPICS, _pdf
+
+pytest.importorskip("faiss")
+
+
+@pytest.fixture
+def ctx(tmp_path):  # type: ignore[no-untyped-def]
+    from tests.conftest import make_settings
+
+    ctx = ServiceContext.from_settings(make_settings(tmp_path / "data", None, ocr=False))
+    yield ctx
+    ctx.close()
+
+
+@pytest.mark.parametrize(
+    "compression", [{"quantizer": "kmeans", "kmeans_k": 16}, {"quantizer": "binary"}, {}]
+)
+def test_faiss_stage1_answers_like_the_exact_scan(ctx, compression, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Above the size threshold the service searches through FAISS lists (from the k-means codes, or
+    from coarse centroids of its own for other codecs) and finds what the exact scan finds."""
+    import patchseek.api.services.search as search_module
+
+    monkeypatch.setattr(search_module, "EXACT_UNITS", 4)  # 16 pages: FAISS by default
+    CollectionService(ctx).create("c", compression=compression)
+    ingest = IngestService(ctx)
+    first, second = _pdf(TOPICS), _pdf([t.upper() for t in TOPICS])
+    ingest.run_job(ingest.submit("c", [("a.pdf", first), ("b.pdf", second)], status="running").id)
+    search = SearchService(ctx)
+    for topic in TOPICS:
+        query = " ".join(topic.split()[:2])
+        auto = search.search("c", query=query, top_k=3)
+        exact = search.search("c", query=query, top_k=3, stage1="exact")
+        assert [h.unit_id for h in auto.hits][:1] == [h.unit_id for h in exact.hits][:1]
+    cached = search._cache[1]
+    assert cached.retriever.generator is not None and cached.retriever.stage1_kind() == "faiss"
+    version_dir = ctx.segments.folder(1, 1)
+    parts = {p.name.split(".")[1] for p in version_dir.glob("doc-*.npy")}
+    if compression:
+        assert "codes" in parts  # saved once, reused by the next process
+    if compression.get("quantizer") != "kmeans":
+        assert "coarse" in parts and (version_dir / "ivf" / "centroids.npy").exists()
+
+
+def test_deleted_document_leaves_results_at_once(ctx, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import patchseek.api.services.search as search_module
+
+    monkeypatch.setattr(search_module, "EXACT_UNITS", 4)
+    CollectionService(ctx).create("c", compression={"quantizer": "kmeans", "kmeans_k": 16})
+    ingest = IngestService(ctx)
+    job = ingest.run_job(ingest.submit("c", [("a.pdf", _pdf(TOPICS)), ("b.pdf", _pdf(TOPICS[::-1]))]).id)
+    doc_a = next(d["document_id"] for d in job.result["documents"] if d["filename"] == "a.pdf")
+    search = SearchService(ctx)
+    hits = search.search("c", query="glacier retreat", top_k=5).hits
+    assert {h.document_id for h in hits[:2]} == {doc_a, doc_a + 1}
+    ingest.delete_document("c", doc_a)
+    after = search.search("c", query="glacier retreat", top_k=5).hits
+    assert after and doc_a not in {h.document_id for h in after}
+    only_a = search.search("c", query="glacier retreat", top_k=5, document_ids=[doc_a]).hits
+    assert only_a == []
+
+
+def test_forced_faiss_on_a_small_collection_and_bad_stage1(ctx) -> None:  # type: ignore[no-untyped-def]
+    CollectionService(ctx).create("c")
+    ingest = IngestService(ctx)
+    ingest.run_job(ingest.submit("c", [("a.pdf", _pdf(TOPICS))], status="running").id)
+    search = SearchService(ctx)
+    exact = search.search("c", query="volcanic eruption", top_k=2)
+    forced = search.search("c", query="volcanic eruption", top_k=2, stage1="faiss")
+    assert forced.hits[0].unit_id == exact.hits[0].unit_id and forced.hits[0].page == 4
+    with pytest.raises(InvalidInputError):
+        search.search("c", query="volcanic eruption", stage1="hnsw")
