@@ -183,6 +183,11 @@ def search(
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1)] = 10,
     queries: Annotated[Path | None, typer.Option(help="file with one query per line")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False,
+    where: Annotated[
+        str | None, typer.Option("--where", help='metadata filter as JSON, e.g. \'{"team": "design"}\'')
+    ] = None,
+    stage1: Annotated[str, typer.Option(help="candidate generator: auto, exact or faiss")] = "auto",
+    candidates: Annotated[int, typer.Option(min=1, help="shortlist re-scored exactly")] = 100,
 ) -> None:
     """Search a collection. ``--json`` prints one JSON object per hit (or per query with --queries)."""
     from patchseek.api.services import SearchService
@@ -197,7 +202,14 @@ def search(
     try:
         service = SearchService(ctx)
         for text in texts:
-            result = service.search(collection, query=text, top_k=top_k)
+            result = service.search(
+                collection,
+                query=text,
+                top_k=top_k,
+                metadata=_json_option(where),
+                stage1=stage1,
+                candidates=candidates,
+            )
             hits = [_hit_json(h) for h in result.hits]
             if as_json and queries is not None:
                 print(json.dumps({"query": text, "hits": hits}, ensure_ascii=False))

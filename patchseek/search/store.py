@@ -8,10 +8,11 @@ database transaction that makes the document visible, so a crash leaves at worst
 nothing points to, never a truncated file under a visible name.
 
 Derived parts (``DERIVED_PARTS``) are written by search, not by ingest: ``codes`` (the version codec's
-codes of the document's rows) and ``coarse`` (the rows' stage-1 centroid ids). They are a cache of a
-deterministic function of ``vectors`` and the version's fitted state, so search writes them the first time
-it needs them; ``write`` removes stale ones before it writes a document's vectors (SQLite may reuse the id
-of a deleted document).
+codes of the document's rows), ``coarse`` (the rows' stage-1 centroid ids) and, for collections without a
+codec, ``pooled`` / ``pooled_spans`` (each unit's rows pooled per stage-1 centroid, for stage 2). They are
+a cache of a deterministic function of ``vectors`` and the version's fitted state, so search writes them
+the first time it needs them; ``write`` removes stale ones before it writes a document's vectors (SQLite
+may reuse the id of a deleted document).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from patchseek.indexer.blobs import atomic_write
 from patchseek.types import PatchBag
 
 PARTS = ("vectors", "positions", "salience")
-DERIVED_PARTS = ("codes", "coarse")
+DERIVED_PARTS = ("codes", "coarse", "pooled", "pooled_spans")
 
 
 def fsync_dir(path: Path) -> None:
@@ -104,7 +105,7 @@ class SegmentStore:
     def write_part(
         self, collection_id: int, version: int, document_id: int, part: str, array: np.ndarray
     ) -> None:
-        """Durably write one derived part (``"codes"`` or ``"coarse"``) of a document."""
+        """Durably write one derived part (one of ``DERIVED_PARTS``) of a document."""
         if part not in DERIVED_PARTS:
             raise ValueError(f"unknown derived part {part!r}; expected one of {DERIVED_PARTS}")
         durable_save(self._path(collection_id, version, document_id, part), array)

@@ -104,6 +104,19 @@ def test_round_trip(client, samples) -> None:  # type: ignore[no-untyped-def]
     r = client.post("/v1/collections/docs/documents", data={"metadata": "[1]"}, files=_files(samples.receipt))
     assert r.status_code == 422 and r.json()["code"] == "invalid_input"
 
+    # Metadata filters and stage knobs: only the whiteboard carries team=design.
+    for where, expect in (
+        ({"team": "design"}, [wb]),
+        ({"team": "design", "year": 2026}, [wb]),
+        ({"year": "2026"}, []),
+    ):
+        body = {"query": "roadmap", "top_k": 5, "metadata": where, "stage1": "exact", "candidates": 50}
+        r = client.post("/v1/collections/docs/search", json=body)
+        assert r.status_code == 200, r.text
+        assert sorted({h["document_id"] for h in r.json()["hits"]}) == expect
+    r = client.post("/v1/collections/docs/search", json={"query": "x", "metadata": {"team": ["a"]}})
+    assert r.status_code == 422 and r.json()["code"] == "invalid_request"
+
     # Re-uploading the same bytes is detected.
     r = client.post("/v1/collections/docs/documents", params={"wait": "true"}, files=_files(samples.pdf))
     assert r.status_code == 200

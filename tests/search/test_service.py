@@ -47,6 +47,19 @@ def test_faiss_stage1_answers_like_the_exact_scan(ctx, compression, monkeypatch)
         assert "codes" in parts  # saved once, reused by the next process
     if compression.get("quantizer") != "kmeans":
         assert "coarse" in parts and (version_dir / "ivf" / "centroids.npy").exists()
+    if not compression:  # no codec: stage 2 scores each unit's patches pooled per coarse centroid
+        assert {"pooled", "pooled_spans"} <= parts
+        retriever = cached.retriever
+        assert retriever.compressor is not None and retriever.compressor.quantizer.kind == "none"
+        assert 0 < int(retriever.offsets[-1]) < int(retriever.vectors.lengths.sum())
+        saved = {p: p.stat().st_mtime_ns for p in version_dir.glob("doc-*.pooled*.npy")}
+        again = SearchService(ctx)  # a fresh process reads the saved rows instead of pooling again
+        hits = again.search("c", query=" ".join(TOPICS[0].split()[:2]), top_k=3).hits
+        assert (
+            hits[0].unit_id
+            == search.search("c", query=" ".join(TOPICS[0].split()[:2]), top_k=3).hits[0].unit_id
+        )
+        assert {p: p.stat().st_mtime_ns for p in version_dir.glob("doc-*.pooled*.npy")} == saved
 
 
 def test_deleted_document_leaves_results_at_once(ctx, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -77,3 +90,17 @@ def test_forced_faiss_on_a_small_collection_and_bad_stage1(ctx) -> None:  # type
     assert forced.hits[0].unit_id == exact.hits[0].unit_id and forced.hits[0].page == 4
     with pytest.raises(InvalidInputError):
         search.search("c", query="volcanic eruption", stage1="hnsw")
+
+
+def test_metadata_filters_match_values_of_the_same_json_type() -> None:
+    from patchseek.api.services.search import metadata_matches
+
+    meta = {"team": "design", "year": 2026, "draft": False, "score": 0.5}
+    assert metadata_matches(meta, {"team": "design", "year": 2026})
+    assert metadata_matches(meta, {"year": 2026.0, "draft": False, "score": 0.5})
+    assert not metadata_matches(meta, {"year": "2026"})  # a string never equals a number
+    assert not metadata_matches(meta, {"draft": 0})  # nor a boolean a number
+    assert not metadata_matches(meta, {"team": "Design"})
+    assert not metadata_matches(meta, {"owner": "design"})  # a missing field never matches
+    with pytest.raises(InvalidInputError):
+        metadata_matches(meta, {"team": ["design"]})

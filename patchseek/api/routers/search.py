@@ -30,6 +30,10 @@ def search(name: str, body: SearchRequest, service: SearchServiceDep) -> SearchR
         media_types=body.media_types,
         candidates=body.candidates,
         rerank=body.rerank,
+        stage1=body.stage1,
+        stage1_k=body.stage1_k,
+        nprobe=body.nprobe,
+        metadata=body.metadata,
     )
     hits = []
     for h in result.hits:

@@ -111,6 +111,14 @@ class SearchRequest(BaseModel):
     media_types: list[Literal["pdf", "image", "video"]] | None = None
     candidates: int = Field(default=100, ge=1, le=10_000, description="shortlist size from the codes")
     rerank: bool = Field(default=True, description="re-score the shortlist exactly on stored vectors")
+    metadata: dict[str, str | int | float | bool] | None = Field(
+        default=None, max_length=32, description="only documents whose upload metadata has these fields"
+    )
+    stage1: Literal["auto", "exact", "faiss"] = Field(
+        default="auto", description="candidate generator; auto scans small collections, FAISS above"
+    )
+    stage1_k: int = Field(default=1000, ge=1, le=100_000, description="units stage 1 passes on")
+    nprobe: int | None = Field(default=None, ge=1, le=4096, description="centroids probed per query token")
 
 
 class SearchHit(BaseModel):

@@ -31,6 +31,7 @@ from patchseek.search.candidates import (
     FaissCandidateGenerator,
     choose_stage1,
     default_n_centroids,
+    pool_by_centroid,
 )
 from patchseek.search.retriever import MultiStageRetriever, SearchParams, UnitRows, UnitVectors
 from patchseek.search.store import fsync_dir
@@ -65,6 +66,7 @@ class _CachedIndex:
     retriever: MultiStageRetriever
     doc_ids: torch.Tensor  # (n_units,) int64 document of each unit
     media_types: torch.Tensor  # (n_units,) int8 code per unit, see _MEDIA
+    doc_meta: dict[int, dict[str, Any]]  # upload metadata of each document (fixed once uploaded)
 
     @property
     def n_units(self) -> int:
@@ -119,20 +121,32 @@ class SearchService:
             vectors = UnitVectors.from_rows(units, arrays, version.dim)
             compressor, codes = self._codes(collection.id, version, units, arrays)
             generator = None
+            code_offsets = None
             has_rows = int(vectors.lengths.sum()) > 0
             if has_rows and choose_stage1(len(units), threshold=EXACT_UNITS) == "faiss":
                 generator = self._generator(collection.id, version, units, arrays, compressor, codes)
+                if compressor is None:  # no codec: stage 2 scores patches pooled per coarse centroid
+                    compressor, codes, code_offsets = self._pooled(collection.id, version, units, arrays)
             retriever = MultiStageRetriever(
                 vectors,
                 compressor=compressor,
                 codes=codes,
+                code_offsets=code_offsets,
                 generator=generator,
                 unit_ids=np.array([u.unit_id for u in units], dtype=np.int64),
                 exact_threshold=EXACT_UNITS,
             )
             media = torch.tensor([_MEDIA.get(r.media_type or "", -1) for r in rows], dtype=torch.int8)
             doc_ids = torch.tensor([u.document_id for u in units], dtype=torch.int64)
-            cached = _CachedIndex(key, retriever, doc_ids, media)
+            with self.ctx.db.session() as session:
+                doc_meta = {
+                    int(i): dict(m or {})
+                    for i, m in session.execute(
+                        select(Document.id, Document.meta).where(Document.collection_id == collection.id)
+                    )
+                    if int(i) in arrays
+                }
+            cached = _CachedIndex(key, retriever, doc_ids, media, doc_meta)
             self._cache[collection.id] = cached
             return cached
 
@@ -238,6 +252,57 @@ class SearchService:
         }
         return FaissCandidateGenerator.from_assignments(centroids, [(_pack(units, per_doc), lengths)])
 
+    def _pooled(
+        self, collection_id: int, version: IndexVersion, units: list[UnitRows], arrays: dict[int, np.ndarray]
+    ) -> tuple[Compressor, np.ndarray, np.ndarray]:
+        """Stage-2 rows of a collection without a codec: each unit's patches pooled per stage-1 centroid
+        (``pool_by_centroid``), float16, scored by exact MaxSim (~1/5 of the rows, ~0.96 recall@10 after
+        the exact rerank in ``bench/search.py``). Each document's pooled rows are saved as its ``pooled``
+        part with ``pooled_spans`` (n_units, 3) int64 ``[row offset, patches, pooled rows]``.
+
+        Returns a float16 codec, the pooled rows (n_pooled, dim) in unit order and their offsets
+        (n_units + 1,).
+        """
+        spans_of: dict[int, list[tuple[int, int]]] = {}
+        for u in units:
+            spans_of.setdefault(u.document_id, []).append((u.offset, u.n_patches))
+        where: dict[tuple[int, int], np.ndarray] = {}  # (document, row offset) -> the unit's pooled rows
+        for doc_id, spans in spans_of.items():
+            spans = sorted(spans)
+            pooled, table = self._pooled_document(
+                collection_id, version.number, doc_id, arrays[doc_id], spans
+            )
+            starts = np.concatenate([[0], np.cumsum(table[:, 2])])  # (n_spans + 1,)
+            for i, (offset, _) in enumerate(spans):
+                where[(doc_id, offset)] = pooled[int(starts[i]) : int(starts[i + 1])]
+        parts = [where[(u.document_id, u.offset)] for u in units]
+        codes = np.ascontiguousarray(np.concatenate(parts), dtype=np.float16)  # (n_pooled, dim)
+        offsets = np.concatenate([[0], np.cumsum([p.shape[0] for p in parts])]).astype(np.int64)
+        codec = Compressor(CompressionConfig())  # float16: the pooled rows are scored as stored
+        codec.quantizer.fit(np.asarray(codes[:1], dtype=np.float32))
+        return codec, codes, offsets
+
+    def _pooled_document(
+        self, collection_id: int, number: int, doc_id: int, vectors: np.ndarray, spans: list[tuple[int, int]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A document's saved pooled rows and span table, recomputed when missing or stale."""
+        wanted = np.array(spans, dtype=np.int64).reshape(-1, 2)  # (n_spans, 2) offset, patches
+        pooled = self.ctx.segments.read_part(collection_id, number, doc_id, "pooled")
+        table = self.ctx.segments.read_part(collection_id, number, doc_id, "pooled_spans")
+        if pooled is not None and table is not None and np.array_equal(table[:, :2], wanted):
+            return pooled, np.asarray(table)
+        coarse = self.ctx.segments.read_part(collection_id, number, doc_id, "coarse")
+        assert coarse is not None, "stage-1 centroid ids are written before the pooled rows"
+        rows = np.concatenate([np.arange(o, o + n) for o, n in spans]) if spans else np.zeros(0, np.int64)
+        pooled32, _, pooled_lengths = pool_by_centroid(
+            np.asarray(vectors, dtype=np.float32)[rows], np.asarray(coarse)[rows], wanted[:, 1]
+        )
+        pooled = pooled32.astype(np.float16)  # (n_pooled, dim)
+        table = np.concatenate([wanted, pooled_lengths[:, None]], axis=1)  # (n_spans, 3)
+        self.ctx.segments.write_part(collection_id, number, doc_id, "pooled", pooled)
+        self.ctx.segments.write_part(collection_id, number, doc_id, "pooled_spans", table)
+        return pooled, table
+
     def _derived(
         self, collection_id: int, number: int, doc_id: int, part: str, vectors: np.ndarray, fn: Any
     ) -> np.ndarray:
@@ -263,6 +328,7 @@ class SearchService:
         stage1: str = "auto",
         stage1_k: int = STAGE1_K,
         nprobe: int | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> SearchResult:
         """Top ``top_k`` units for a text ``query`` or an ``image`` query, optionally filtered.
 
@@ -270,7 +336,9 @@ class SearchService:
         ``EXACT_THRESHOLD`` units, FAISS above; ``"exact"`` / ``"faiss"`` force one) picks ``stage1_k``
         units; collections with a quantizer score them on the codes and keep ``candidates``, which (with
         ``rerank``) are re-scored exactly on the stored vectors. Without a quantizer the candidates are
-        scored exactly at once. Filters apply before any scoring.
+        scored exactly at once. Filters (``document_ids``, ``media_types`` and ``metadata``: every given
+        field of the document's upload metadata equals the given string, number or boolean) apply before
+        any scoring.
         """
         start = time.perf_counter()
         if (query is None or not query.strip()) and image is None:
@@ -297,6 +365,13 @@ class SearchService:
             codes = torch.tensor([_MEDIA[m] for m in media_types], dtype=torch.int8)
             media_mask = torch.isin(cached.media_types, codes)
             mask = media_mask if mask is None else mask & media_mask
+        if metadata:
+            matching = torch.tensor(
+                [d for d, meta in cached.doc_meta.items() if metadata_matches(meta, metadata)],
+                dtype=torch.int64,
+            )
+            meta_mask = torch.isin(cached.doc_ids, matching)
+            mask = meta_mask if mask is None else mask & meta_mask
         params = SearchParams(
             top_k=top_k,
             candidates=candidates,
@@ -443,6 +518,28 @@ def unit_heatmap(
     base = image.convert("RGB")
     base.paste(red, mask=alpha)
     return base
+
+
+def metadata_matches(meta: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """True when every ``field: value`` of ``wanted`` is in ``meta`` with an equal value of the same JSON
+    type (``2026`` matches ``2026`` and ``2026.0``, not ``"2026"``; ``true`` does not match ``1``)."""
+    for key, value in wanted.items():
+        if not isinstance(value, str | int | float | bool):
+            raise InvalidInputError(
+                f"metadata filter {key!r}: values must be strings, numbers or booleans, got {value!r}"
+            )
+        if key not in meta:
+            return False
+        have = meta[key]
+        if isinstance(value, bool) or isinstance(have, bool):
+            if not (isinstance(value, bool) and isinstance(have, bool) and have == value):
+                return False
+        elif isinstance(value, str) or isinstance(have, str):
+            if not (isinstance(value, str) and isinstance(have, str) and have == value):
+                return False
+        elif not (isinstance(have, int | float) and have == value):
+            return False
+    return True
 
 
 def _pack(units: list[UnitRows], per_doc: dict[int, np.ndarray]) -> np.ndarray:
