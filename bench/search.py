@@ -9,8 +9,12 @@ Builds a synthetic ColPali-shaped corpus (``bench/synthetic.py``, 1030 × 128 pa
 by page chunk into packed segments on disk (``SegmentWriter``, memory-mapped, never all in RAM):
 
 - ``full``: every patch's float16 vector, read only by stage 3 for the shortlist;
-- ``pooled``: each page's patches pooled per nearest k-means centroid (``pool_by_centroid``; K=4096
-  centroids fitted with FAISS on a 64-page sample), float16, with the centroid id as the row's code.
+- ``pooled``: each page's patches pooled per nearest k-means centroid (``pool_by_centroid``; K centroids
+  fitted with FAISS on a 65,536-row sample spread over every page, K = ``default_n_centroids`` as in the
+  service: 4,096 at 10^3 pages, 16,384 at 10^4), float16, with the centroid id as the row's code.
+
+This is what ``SearchService`` runs for a collection without a codec once it holds ``EXACT_THRESHOLD``
+(2,000) units or more, with the same defaults (``stage1_k=1000``, ``nprobe=32``, ``candidates=100``).
 
 Stage 1 is ``FaissCandidateGenerator`` over those centroid ids (PLAID-style inverted lists), stage 2
 is MaxSim on the pooled float16 rows of the candidates (a float16 codec's ``Compressor.score``), stage 3
@@ -55,7 +59,7 @@ from patchseek.search import (  # noqa: E402
     SegmentWriter,
     UnitVectors,
 )
-from patchseek.search.candidates import pool_by_centroid  # noqa: E402
+from patchseek.search.candidates import default_n_centroids, pool_by_centroid  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "BENCHMARKS.md"
@@ -286,7 +290,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=50)
     parser.add_argument("--exact-queries", type=int, default=5, help="queries timed by brute force")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--centroids", type=int, default=4096, help="k-means codec / IVF centroids")
+    parser.add_argument(
+        "--centroids", type=int, default=None, help="IVF centroids (default: the service's, by corpus size)"
+    )
     parser.add_argument("--nprobe", type=int, default=32)
     parser.add_argument("--stage1-k", type=int, default=1000)
     parser.add_argument("--candidates", type=int, default=100)
@@ -304,6 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = args.workdir / f"run-{int(time.time())}"
     t_start = time.perf_counter()
     corpus = SyntheticCorpus(args.pages, args.patches, args.dim, args.seed)
+    if args.centroids is None:
+        args.centroids = default_n_centroids(args.pages * args.patches)
     try:
         (retriever, by_ids), segment, pooled_seg, generator, info = build(
             corpus, workdir, args.centroids, args.chunk_pages
