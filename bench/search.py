@@ -16,7 +16,8 @@ by page chunk into packed segments on disk (``SegmentWriter``, memory-mapped, ne
 This is what ``SearchService`` runs for a collection without a codec once it holds ``EXACT_THRESHOLD``
 (2,000) units or more, with the same defaults (``stage1_k=1000``, ``nprobe=32``, ``candidates=100``).
 
-Stage 1 is ``FaissCandidateGenerator`` over those centroid ids (PLAID-style inverted lists), stage 2
+Stage 1 is ``FaissCandidateGenerator`` over those centroid ids (PLAID-style inverted lists; each probed
+entry scored by its pooled row, ``use_entry_vectors``), stage 2
 is MaxSim on the pooled float16 rows of the candidates (a float16 codec's ``Compressor.score``), stage 3
 exact MaxSim on the full float16 rows of the shortlist. For each configuration it prints one JSON line:
 
@@ -137,7 +138,9 @@ def build(corpus: SyntheticCorpus, workdir: Path, k_centroids: int, chunk_pages:
             yield np.asarray(pooled_seg.codes[a:b]), lengths[s : s + per]
 
     generator = FaissCandidateGenerator.from_assignments(centroids, assignments())
+    generator.use_entry_vectors(pooled_seg.vectors)  # stage 1 scores the probed pooled rows
     ivf_s = time.perf_counter() - t0
+    by_centroid = FaissCandidateGenerator.from_assignments(centroids, assignments())  # centroid sims only
     log(f"pooled segment written in {encode_s:.0f} s, inverted lists built in {ivf_s:.1f} s")
     codec = Compressor(CompressionConfig())  # float16 codes: the pooled vectors are scored as stored
     codec.quantizer.fit(np.asarray(pooled_seg.vectors[:1], dtype=np.float32))
@@ -158,10 +161,17 @@ def build(corpus: SyntheticCorpus, workdir: Path, k_centroids: int, chunk_pages:
         compressor=kmeans,
         codes=pooled_seg.codes,
         code_offsets=pooled_seg.offsets,
-        generator=generator,
+        generator=by_centroid,
+    )
+    centroid_stage1 = MultiStageRetriever(
+        UnitVectors.packed(segment.vectors, segment.offsets),
+        compressor=codec,
+        codes=pooled_seg.vectors,
+        code_offsets=pooled_seg.offsets,
+        generator=by_centroid,
     )
     info = {"k": k_centroids, "write_s": write_s, "fit_s": fit_s, "encode_s": encode_s, "ivf_s": ivf_s}
-    return (retriever, by_ids), segment, pooled_seg, generator, info
+    return (retriever, by_ids, centroid_stage1), segment, pooled_seg, generator, info
 
 
 def exact_scores(segment, queries: list[torch.Tensor], chunk_pages: int) -> np.ndarray:  # noqa: ANN001
@@ -231,15 +241,23 @@ def run_config(
     }
 
 
-def configs(default: SearchParams, pooled: MultiStageRetriever, kmeans: MultiStageRetriever) -> list:  # type: ignore[type-arg]
+def configs(  # type: ignore[type-arg]
+    default: SearchParams,
+    pooled: MultiStageRetriever,
+    kmeans: MultiStageRetriever,
+    centroid: MultiStageRetriever,
+) -> list:
     """(name, retriever, params) of every measured configuration; the first is the default."""
     return [
         ("default: IVF → pooled fp16 → exact", pooled, default),
         ("nprobe/2", pooled, replace(default, nprobe=max(1, (default.nprobe or 32) // 2))),
+        ("nprobe×2", pooled, replace(default, nprobe=2 * (default.nprobe or 32))),
         ("stage1_k/2", pooled, replace(default, stage1_k=default.stage1_k // 2)),
+        ("stage1_k×2", pooled, replace(default, stage1_k=2 * default.stage1_k)),
         ("candidates/2", pooled, replace(default, candidates=max(10, default.candidates // 2))),
         ("no rerank", pooled, replace(default, rerank=False)),
         ("scan all pooled (stage1 exact)", pooled, replace(default, stage1="exact")),
+        ("stage 1 on centroid sims only", centroid, default),
         ("IVF → k-means ids (centroid interaction) → exact 400", kmeans, replace(default, candidates=400)),
     ]
 
@@ -313,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.centroids is None:
         args.centroids = default_n_centroids(args.pages * args.patches)
     try:
-        (retriever, by_ids), segment, pooled_seg, generator, info = build(
+        (retriever, by_ids, centroid_stage1), segment, pooled_seg, generator, info = build(
             corpus, workdir, args.centroids, args.chunk_pages
         )
         queries, _ = corpus.queries(args.queries)
@@ -335,7 +353,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             top_k=K, candidates=args.candidates, stage1="faiss", stage1_k=args.stage1_k, nprobe=args.nprobe
         )
         rows = []
-        for name, which, params in configs(default, retriever, by_ids)[: 1 if args.only_default else None]:
+        for name, which, params in configs(default, retriever, by_ids, centroid_stage1)[
+            : 1 if args.only_default else None
+        ]:
             row = {"pages": corpus.pages, "bytes_per_page": bytes_per_page}
             row |= run_config(name, which, params, queries, truth)
             row |= {

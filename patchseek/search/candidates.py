@@ -158,6 +158,7 @@ class FaissCandidateGenerator(CandidateGenerator):
         device: str = "auto",
         unit_offsets: np.ndarray | None = None,
         unit_centroids: np.ndarray | None = None,
+        list_entries: np.ndarray | None = None,
     ) -> None:
         faiss = import_faiss()
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)  # (K, dim)
@@ -182,6 +183,10 @@ class FaissCandidateGenerator(CandidateGenerator):
             unit_offsets = np.concatenate([[0], np.cumsum(np.bincount(self.list_units, minlength=n_units))])
         self.unit_offsets = np.asarray(unit_offsets, dtype=np.int64)  # (n_units + 1,)
         self.unit_centroids = np.asarray(unit_centroids, dtype=np.int32)  # (nnz,)
+        # list_entries[j]: the unit-major position (units ascending, centroids ascending within a unit)
+        # of list entry j; known when built by ``from_assignments``, needed by ``use_entry_vectors``.
+        self.list_entries = None if list_entries is None else np.asarray(list_entries, dtype=np.int64)
+        self.entry_vectors: np.ndarray | None = None  # (nnz,) unit-major rows, see use_entry_vectors
         index = faiss.IndexFlatIP(self.centroids.shape[1])
         index.add(self.centroids)
         self.on_gpu = False
@@ -287,8 +292,25 @@ class FaissCandidateGenerator(CandidateGenerator):
             n_units,
             unit_offsets=unit_offsets,
             unit_centroids=cents,
+            list_entries=order,
             **kwargs,
         )
+
+    def use_entry_vectors(self, vectors: np.ndarray) -> None:
+        """Score list entries by their own vectors instead of their centroid's.
+
+        ``vectors`` (nnz, dim): one row per (unit, centroid) entry in unit-major order (units ascending,
+        centroids ascending within a unit), i.e. each unit's patches pooled per centroid as
+        ``pool_by_centroid`` returns them. A probed entry then counts ``q_i · v`` (the pooled row's own
+        similarity) rather than ``q_i · c``: the same lists are read, but pages whose rendering of a word
+        matches the query token better rank higher, which the centroid alone cannot tell apart.
+        """
+        if self.list_entries is None:
+            raise InvalidInputError("entry vectors need lists built by from_assignments")
+        if vectors.ndim != 2 or vectors.shape != (self.list_units.size, self.centroids.shape[1]):
+            want = (self.list_units.size, self.centroids.shape[1])
+            raise InvalidInputError(f"entry vectors must be {want}, got {vectors.shape}")
+        self.entry_vectors = vectors
 
     @classmethod
     def build(
@@ -402,12 +424,15 @@ class FaissCandidateGenerator(CandidateGenerator):
         pos = np.arange(total, dtype=np.int64) - np.repeat(run_start - starts, lengths)  # (total,)
         units = self.list_units[pos].astype(np.int64)  # (total,)
         token = np.repeat(np.repeat(np.arange(n_q), probes), lengths)  # (total,)
-        sim = np.repeat(sims.ravel(), lengths).astype(np.float32)  # (total,)
+        sim = np.repeat(sims.ravel(), lengths).astype(np.float32)  # (total,) the centroids' similarity
         if mask is not None:
             keep = mask[units]
-            units, token, sim = units[keep], token[keep], sim[keep]
+            units, token, sim, pos = units[keep], token[keep], sim[keep], pos[keep]
             if units.size == 0:
                 return Candidates.empty()
+        if self.entry_vectors is not None and self.list_entries is not None:
+            rows = torch.from_numpy(np.asarray(self.entry_vectors[self.list_entries[pos]], dtype=np.float32))
+            sim = (rows * query[torch.from_numpy(token)]).sum(dim=1).numpy()  # (total,) q_i · v
         floor = sims[:, -1].astype(np.float32)  # (n_q,) best similarity any unprobed centroid could give
         best = torch.zeros(n_q * self._n_units, dtype=torch.float32)  # (n_q·n_units,) gain over the floor
         best.scatter_reduce_(

@@ -199,3 +199,29 @@ class TestFactory:
             make_candidate_generator("faiss", vectors=vectors, offsets=offsets)
         assert err.value.code == "missing_dependency"
         assert choose_stage1(5000) == "exact"  # auto falls back to the scan
+
+
+def test_entry_vectors_score_probed_lists_by_pooled_rows(data) -> None:  # type: ignore[no-untyped-def]
+    """With every centroid probed, a unit's stage-1 score is Σ_i max(floor_i, max_v q_i · v) over its
+    pooled rows v (one per distinct centroid), and the target unit comes first."""
+    from patchseek.search.candidates import pool_by_centroid
+
+    vectors, offsets, _ = data
+    gen = FaissCandidateGenerator.build(vectors, offsets, n_centroids=32, nprobe=32)
+    ids = FaissCandidateGenerator.assign(vectors.numpy(), gen.centroids)
+    pooled, pooled_ids, pooled_lengths = pool_by_centroid(vectors.numpy(), ids, np.diff(offsets.numpy()))
+    with pytest.raises(InvalidInputError):
+        gen.use_entry_vectors(pooled[:-1])
+    gen.use_entry_vectors(pooled.astype(np.float16))
+    q = query_from(vectors, offsets, unit=7)
+    found = gen.candidates(q, 10)
+    assert found.units[0] == 7
+    lut = q @ torch.from_numpy(gen.centroids).T  # (n_q, K)
+    floor = lut.min(dim=1).values  # (n_q,) the K-th best centroid: every centroid is probed
+    sims = q @ torch.from_numpy(pooled.astype(np.float16).astype(np.float32)).T  # (n_q, n_pooled)
+    starts = np.concatenate([[0], np.cumsum(pooled_lengths)])
+    expect = [
+        float(torch.maximum(sims[:, starts[u] : starts[u + 1]].max(dim=1).values, floor).sum())
+        for u in found.units.tolist()
+    ]
+    np.testing.assert_allclose(found.scores, expect, rtol=1e-4, atol=1e-4)

@@ -127,6 +127,7 @@ class SearchService:
                 generator = self._generator(collection.id, version, units, arrays, compressor, codes)
                 if compressor is None:  # no codec: stage 2 scores patches pooled per coarse centroid
                     compressor, codes, code_offsets = self._pooled(collection.id, version, units, arrays)
+                    generator.use_entry_vectors(codes)  # stage 1 scores the pooled rows it probes
             retriever = MultiStageRetriever(
                 vectors,
                 compressor=compressor,
