@@ -11,18 +11,25 @@ by page chunk into packed segments on disk (``SegmentWriter``, memory-mapped, ne
 - ``full``: every patch's float16 vector, read only by stage 3 for the shortlist;
 - ``pooled``: each page's patches pooled per nearest k-means centroid (``pool_by_centroid``; K centroids
   fitted with FAISS on a 65,536-row sample spread over every page, K = ``default_n_centroids`` as in the
-  service: 4,096 at 10^3 pages, 16,384 at 10^4), float16, with the centroid id as the row's code.
+  service: 4,096 at 10^3 pages, 16,384 at 10^4), float16, with the centroid id as the row's code;
+- ``dense``: each page's pooled rows merged by Ward clustering into ``--dense-rows`` (96) summary rows
+  (``summarize_units``), held in RAM as bfloat16 (float32 on CPUs without bfloat16 dot products).
 
 This is what ``SearchService`` runs for a collection without a codec once it holds ``EXACT_THRESHOLD``
-(2,000) units or more, with the same defaults (``stage1_k=1000``, ``nprobe=32``, ``candidates=100``).
+(2,000) units or more, with the same defaults (``stage1_k=1000``, ``candidates=100``): stage 1 scans
+every page's dense rows (``DenseCandidateGenerator``), whose scores pick the ``candidates`` shortlist;
+stage 3 is exact MaxSim on the full float16 rows of the shortlist.
 
-Stage 1 is ``FaissCandidateGenerator`` over those centroid ids (PLAID-style inverted lists; each probed
-entry scored by its pooled row, ``use_entry_vectors``), stage 2
-is MaxSim on the pooled float16 rows of the candidates (a float16 codec's ``Compressor.score``), stage 3
-exact MaxSim on the full float16 rows of the shortlist. For each configuration it prints one JSON line:
+The other configurations are the previous default and its variants: stage 1 through
+``FaissCandidateGenerator`` over the centroid ids (PLAID-style inverted lists, ``nprobe=32``; each probed
+entry scored by its pooled row, ``use_entry_vectors``), stage 2 MaxSim on the pooled float16 rows of the
+``stage1_k`` candidates, stage 3 as above; and the exhaustive scan of the pooled rows.
 
-- ``pages``, ``bytes_per_page``: the stage-1/2 index per page (pooled rows + ids + inverted lists +
-  centroids); ``disk_bytes_per_page``: the float16 rerank copy (263,680 B), read only for the shortlist;
+For each configuration it prints one JSON line:
+
+- ``pages``, ``bytes_per_page``: the RAM per page that the configuration scans (dense rows; or pooled
+  rows + ids + inverted lists + centroids); ``disk_bytes_per_page``: the float16 rerank copy
+  (263,680 B), read only for the shortlist;
 - ``p50_ms``, ``p95_ms``, ``qps`` (one query at a time, after two warm-up queries);
 - ``recall_at_10`` against the exact float MaxSim top 10 over the stored (float16) vectors;
 - ``exact_p50_ms``: brute-force exact MaxSim (``patchseek.kernels.maxsim``) over every page, streamed
@@ -37,10 +44,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -61,6 +70,8 @@ from patchseek.search import (  # noqa: E402
     UnitVectors,
 )
 from patchseek.search.candidates import default_n_centroids, pool_by_centroid  # noqa: E402
+from patchseek.search.dense import DEFAULT_ROWS, DenseCandidateGenerator, summarize_units  # noqa: E402
+from patchseek.search.segments import Segment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "BENCHMARKS.md"
@@ -72,7 +83,24 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def build(corpus: SyntheticCorpus, workdir: Path, k_centroids: int, chunk_pages: int):  # noqa: ANN201
+def _summarize(path: str, start: int, stop: int, n_rows: int) -> np.ndarray:
+    """Summary rows (stop - start, n_rows, dim) of pooled units ``start:stop`` (run in a worker)."""
+    seg = Segment.open(path)
+    a, b = int(seg.offsets[start]), int(seg.offsets[stop])
+    return summarize_units(np.asarray(seg.vectors[a:b]), np.diff(seg.offsets[start : stop + 1]), n_rows)
+
+
+def build_dense(pooled_seg: Segment, n_rows: int, chunk_pages: int, workers: int) -> DenseCandidateGenerator:
+    """The dense stage-1 rows: each page's pooled rows merged by Ward into ``n_rows`` means, in
+    ``workers`` processes (Ward clustering is single-threaded)."""
+    spans = [(s, min(pooled_seg.n_units, s + chunk_pages)) for s in range(0, pooled_seg.n_units, chunk_pages)]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        jobs = [pool.submit(_summarize, str(pooled_seg.path), s, e, n_rows) for s, e in spans]
+        parts = [job.result() for job in jobs]
+    return DenseCandidateGenerator(np.concatenate(parts), np.diff(pooled_seg.offsets) > 0)
+
+
+def build(corpus: SyntheticCorpus, workdir: Path, k_centroids: int, chunk_pages: int, dense_rows: int):  # noqa: ANN201
     """Fit the centroids, stream the corpus into two segments, build the FAISS lists.
 
     Segment ``full``: every patch's float16 vector (stage 3), written first while a sample of rows from
@@ -170,8 +198,29 @@ def build(corpus: SyntheticCorpus, workdir: Path, k_centroids: int, chunk_pages:
         code_offsets=pooled_seg.offsets,
         generator=by_centroid,
     )
-    info = {"k": k_centroids, "write_s": write_s, "fit_s": fit_s, "encode_s": encode_s, "ivf_s": ivf_s}
-    return (retriever, by_ids, centroid_stage1), segment, pooled_seg, generator, info
+    t0 = time.perf_counter()
+    dense_gen = build_dense(pooled_seg, dense_rows, chunk_pages, workers=max(1, torch.get_num_threads()))
+    dense_s = time.perf_counter() - t0
+    log(f"dense rows ({dense_rows} per page, {dense_gen.rows.dtype}) built in {dense_s:.0f} s")
+    dense = MultiStageRetriever(
+        UnitVectors.packed(segment.vectors, segment.offsets),
+        compressor=codec,
+        codes=pooled_seg.vectors,
+        code_offsets=pooled_seg.offsets,
+        generator=generator,
+        dense=dense_gen,
+    )
+    info = {
+        "k": k_centroids,
+        "write_s": write_s,
+        "fit_s": fit_s,
+        "encode_s": encode_s,
+        "ivf_s": ivf_s,
+        "dense_s": dense_s,
+        "dense_rows": dense_rows,
+        "dense_bytes": dense_gen.nbytes,
+    }
+    return (dense, retriever, by_ids, centroid_stage1), segment, pooled_seg, generator, info
 
 
 def exact_scores(segment, queries: list[torch.Tensor], chunk_pages: int) -> np.ndarray:  # noqa: ANN001
@@ -243,35 +292,45 @@ def run_config(
 
 def configs(  # type: ignore[type-arg]
     default: SearchParams,
+    dense: MultiStageRetriever,
     pooled: MultiStageRetriever,
     kmeans: MultiStageRetriever,
     centroid: MultiStageRetriever,
 ) -> list:
     """(name, retriever, params) of every measured configuration; the first is the default."""
+    ivf = replace(default, stage1="faiss")
     return [
-        ("default: IVF → pooled fp16 → exact", pooled, default),
-        ("nprobe/2", pooled, replace(default, nprobe=max(1, (default.nprobe or 32) // 2))),
-        ("nprobe×2", pooled, replace(default, nprobe=2 * (default.nprobe or 32))),
-        ("stage1_k/2", pooled, replace(default, stage1_k=default.stage1_k // 2)),
-        ("stage1_k×2", pooled, replace(default, stage1_k=2 * default.stage1_k)),
-        ("candidates/2", pooled, replace(default, candidates=max(10, default.candidates // 2))),
-        ("no rerank", pooled, replace(default, rerank=False)),
-        ("scan all pooled (stage1 exact)", pooled, replace(default, stage1="exact")),
-        ("stage 1 on centroid sims only", centroid, default),
-        ("IVF → k-means ids (centroid interaction) → exact 400", kmeans, replace(default, candidates=400)),
+        ("default: dense scan → exact", dense, default),
+        ("dense, candidates/2", dense, replace(default, candidates=max(10, default.candidates // 2))),
+        ("dense, candidates×2", dense, replace(default, candidates=2 * default.candidates)),
+        ("dense, no rerank", dense, replace(default, rerank=False)),
+        ("IVF → pooled fp16 → exact", pooled, ivf),
+        ("IVF nprobe/2", pooled, replace(ivf, nprobe=max(1, (default.nprobe or 32) // 2))),
+        ("IVF nprobe×2", pooled, replace(ivf, nprobe=2 * (default.nprobe or 32))),
+        ("IVF stage1_k/2", pooled, replace(ivf, stage1_k=default.stage1_k // 2)),
+        ("IVF stage1_k×2", pooled, replace(ivf, stage1_k=2 * default.stage1_k)),
+        ("IVF candidates/2", pooled, replace(ivf, candidates=max(10, default.candidates // 2))),
+        ("IVF no rerank", pooled, replace(ivf, rerank=False)),
+        ("scan all pooled (stage1 exact)", pooled, replace(ivf, stage1="exact")),
+        ("IVF, stage 1 on centroid sims only", centroid, ivf),
+        ("IVF → k-means ids (centroid interaction) → exact 400", kmeans, replace(ivf, candidates=400)),
     ]
 
 
 def write_docs(command: str, rows: list[dict], build_info: dict, notes: list[str]) -> None:
-    """Replace (or add) the ``## Search at scale`` section of docs/BENCHMARKS.md, keeping the others."""
+    """Replace (or add) the ``## Search at scale: N pages`` section of docs/BENCHMARKS.md, keeping the
+    others (one section per corpus size)."""
+    heading = f"{SECTION}: {rows[0]['pages']:,} pages"
     lines = [
-        SECTION,
+        heading,
         "",
         f"Produced by `{command}` (seeded; CPU, {torch.get_num_threads()} torch threads, shared machine).",
         "",
         f"Build: generate + write the float16 segment {build_info['write_s']:.0f} s, fit "
         f"{build_info['k']} centroids {build_info['fit_s']:.0f} s, assign + pool + write "
-        f"{build_info['encode_s']:.0f} s, inverted lists {build_info['ivf_s']:.0f} s. "
+        f"{build_info['encode_s']:.0f} s, inverted lists {build_info['ivf_s']:.0f} s, dense rows "
+        f"({build_info['dense_rows']} per page) {build_info['dense_s']:.0f} s; peak RSS of the whole run "
+        f"{build_info['peak_rss_gib']:.1f} GiB. "
         "Recall is against the exact float MaxSim top 10 over "
         "the stored float16 vectors; `exact p50` is brute-force MaxSim over every page, streamed from the "
         "same memory-mapped file, in the same run.",
@@ -290,11 +349,11 @@ def write_docs(command: str, rows: list[dict], build_info: dict, notes: list[str
         )
     lines += ["", *notes, ""]
     text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    start = text.find(SECTION + "\n")
+    start = text.find(heading + "\n")
     if start == -1:
         new = text.rstrip("\n") + "\n\n" + "\n".join(lines)
     else:
-        nxt = text.find("\n## ", start + len(SECTION))
+        nxt = text.find("\n## ", start + len(heading))
         new = text[:start] + "\n".join(lines) + ("" if nxt == -1 else text[nxt:])
     DOCS.write_text(new.rstrip("\n") + "\n")
     log(f"wrote {DOCS}")
@@ -315,7 +374,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--stage1-k", type=int, default=1000)
     parser.add_argument("--candidates", type=int, default=100)
     parser.add_argument("--chunk-pages", type=int, default=128)
+    parser.add_argument("--dense-rows", type=int, default=DEFAULT_ROWS, help="dense stage-1 rows per page")
     parser.add_argument("--only-default", action="store_true", help="run the default configuration only")
+    parser.add_argument("--first", type=int, default=None, help="run only the first N configurations")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/patchseek-bench-search"))
     parser.add_argument("--keep", action="store_true", help="keep the segment files afterwards")
     parser.add_argument("--write-docs", action="store_true")
@@ -331,8 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.centroids is None:
         args.centroids = default_n_centroids(args.pages * args.patches)
     try:
-        (retriever, by_ids, centroid_stage1), segment, pooled_seg, generator, info = build(
-            corpus, workdir, args.centroids, args.chunk_pages
+        (dense, retriever, by_ids, centroid_stage1), segment, pooled_seg, generator, info = build(
+            corpus, workdir, args.centroids, args.chunk_pages, args.dense_rows
         )
         queries, _ = corpus.queries(args.queries)
         t0 = time.perf_counter()
@@ -350,13 +411,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         pooled_bytes = pooled_seg.vectors.nbytes + pooled_seg.codes.nbytes + pooled_seg.offsets.nbytes
         bytes_per_page = (pooled_bytes + generator.nbytes) / corpus.pages
         default = SearchParams(
-            top_k=K, candidates=args.candidates, stage1="faiss", stage1_k=args.stage1_k, nprobe=args.nprobe
+            top_k=K, candidates=args.candidates, stage1="auto", stage1_k=args.stage1_k, nprobe=args.nprobe
         )
         rows = []
-        for name, which, params in configs(default, retriever, by_ids, centroid_stage1)[
-            : 1 if args.only_default else None
+        for name, which, params in configs(default, dense, retriever, by_ids, centroid_stage1)[
+            : 1 if args.only_default else args.first
         ]:
-            row = {"pages": corpus.pages, "bytes_per_page": bytes_per_page}
+            # RAM per page that the configuration scans: the dense rows, or the pooled rows + lists.
+            ram = info["dense_bytes"] / corpus.pages if which is dense else bytes_per_page
+            row = {"pages": corpus.pages, "bytes_per_page": ram}
             row |= run_config(name, which, params, queries, truth)
             row |= {
                 "exact_p50_ms": exact_p50,
@@ -366,7 +429,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
             print(json.dumps(row), flush=True)
             rows.append(row)
-        log(f"total {time.perf_counter() - t_start:.0f} s")
+        info["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+        log(f"total {time.perf_counter() - t_start:.0f} s, peak RSS {info['peak_rss_gib']:.1f} GiB")
         if args.write_docs:
             command = "python bench/search.py " + " ".join(argv if argv is not None else sys.argv[1:])
             write_docs(command.strip(), rows, info, [])

@@ -186,7 +186,7 @@ def search(
     where: Annotated[
         str | None, typer.Option("--where", help='metadata filter as JSON, e.g. \'{"team": "design"}\'')
     ] = None,
-    stage1: Annotated[str, typer.Option(help="candidate generator: auto, exact or faiss")] = "auto",
+    stage1: Annotated[str, typer.Option(help="candidate generator: auto, exact, dense or faiss")] = "auto",
     candidates: Annotated[int, typer.Option(min=1, help="shortlist re-scored exactly")] = 100,
 ) -> None:
     """Search a collection. ``--json`` prints one JSON object per hit (or per query with --queries)."""

@@ -10,6 +10,7 @@ from patchseek.search.candidates import (
     choose_stage1,
     make_candidate_generator,
 )
+from patchseek.search.dense import DenseCandidateGenerator, summarize_units
 from patchseek.search.retriever import (
     MultiStageRetriever,
     PackedIndex,
@@ -27,6 +28,7 @@ __all__ = [
     "EXACT_THRESHOLD",
     "CandidateGenerator",
     "Candidates",
+    "DenseCandidateGenerator",
     "DocumentVectors",
     "ExactCandidateGenerator",
     "FaissCandidateGenerator",
@@ -44,4 +46,5 @@ __all__ = [
     "list_segments",
     "make_candidate_generator",
     "search",
+    "summarize_units",
 ]

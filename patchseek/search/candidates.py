@@ -35,8 +35,8 @@ from patchseek.errors import InvalidInputError, MissingDependencyError
 from patchseek.kernels import code_maxsim, maxsim
 from patchseek.search.base import CandidateGenerator, Candidates, top_k
 
-Stage1 = Literal["auto", "exact", "faiss"]
-STAGE1_CHOICES = ("auto", "exact", "faiss")
+Stage1 = Literal["auto", "exact", "faiss", "dense"]
+STAGE1_CHOICES = ("auto", "exact", "faiss", "dense")
 EXACT_THRESHOLD = 2000  # below this many units, scanning all of them is as fast as any index
 DEFAULT_NPROBE = 32
 ASSIGN_CHUNK = 65536
@@ -65,10 +65,12 @@ def has_faiss() -> bool:
 
 
 def choose_stage1(n_units: int, requested: str = "auto", *, threshold: int = EXACT_THRESHOLD) -> str:
-    """``"exact"`` or ``"faiss"``: what ``requested`` means for a collection of ``n_units`` units.
+    """``"exact"`` or ``"faiss"`` (or ``"dense"`` when asked): what ``requested`` means for a collection
+    of ``n_units`` units.
 
     ``"auto"`` scans collections smaller than ``threshold`` units and uses FAISS above it when FAISS is
-    installed (else the exact scan, which is slower but right).
+    installed (else the exact scan, which is slower but right). ``MultiStageRetriever.stage1_kind``
+    prefers its dense generator (``patchseek.search.dense``) over FAISS when it has one.
     """
     if requested not in STAGE1_CHOICES:
         raise InvalidInputError(f"stage1={requested!r}: expected one of {list(STAGE1_CHOICES)}")

@@ -28,6 +28,7 @@ from patchseek.search.candidates import (
     FaissCandidateGenerator,
     choose_stage1,
 )
+from patchseek.search.dense import DENSE_MAX_UNITS, DenseCandidateGenerator
 
 
 @dataclass(frozen=True)
@@ -223,20 +224,21 @@ class UnitVectors:
         return np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
 
     def gather(self, units: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """The rows of ``units`` (k,), packed: (n_rows, dim) float16 and offsets (k + 1,) int64."""
+        """The rows of ``units`` (k,), packed: (n_rows, dim) float16 and offsets (k + 1,) int64, each
+        unit's rows copied once, straight into the packed output."""
         units = np.asarray(units, dtype=np.int64)
-        parts = [
-            self.arrays[a][s : s + n]
-            for a, s, n in zip(
-                self.array_of[units].tolist(),
-                self.starts[units].tolist(),
-                self.lengths[units].tolist(),
-                strict=True,
-            )
-        ]
-        rows = np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float16)  # (n_rows, dim)
-        offsets = np.concatenate([[0], np.cumsum(self.lengths[units])]).astype(np.int64)  # (k + 1,)
-        return torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float16)), torch.from_numpy(offsets)
+        lengths = self.lengths[units]  # (k,)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # (k + 1,)
+        out = np.empty((int(offsets[-1]), self.dim), dtype=np.float16)  # (n_rows, dim)
+        for o, a, s, n in zip(
+            offsets[:-1].tolist(),
+            self.array_of[units].tolist(),
+            self.starts[units].tolist(),
+            lengths.tolist(),
+            strict=True,
+        ):
+            out[o : o + n] = self.arrays[a][s : s + n]
+        return torch.from_numpy(out), torch.from_numpy(offsets)
 
 
 @dataclass(frozen=True)
@@ -252,8 +254,10 @@ class SearchParams:
     rerank : bool
         Re-score the shortlist with exact MaxSim on the stored float16 vectors (stage 3); without it the
         hits carry the codec's approximate scores.
-    stage1 : {"auto", "exact", "faiss"}
-        Candidate generator; ``"auto"`` scans collections under the retriever's ``exact_threshold`` units.
+    stage1 : {"auto", "exact", "faiss", "dense"}
+        Candidate generator; ``"auto"`` scans collections under the retriever's ``exact_threshold`` units,
+        above it uses the dense summary scan where the retriever has one (up to ``DENSE_MAX_UNITS``
+        units), else FAISS.
     stage1_k : int
         Units stage 1 hands to stage 2.
     nprobe : int or None
@@ -311,6 +315,9 @@ class MultiStageRetriever:
         unit's patches pooled per stage-1 centroid (``bench/search.py``) scored by a float16 codec.
     generator : CandidateGenerator, optional
         The FAISS (or any other) stage-1 generator over the same units.
+    dense : DenseCandidateGenerator, optional
+        Summary rows of the same units; ``stage1="dense"`` (and ``"auto"`` above ``exact_threshold``)
+        scans them, and their scores pick the stage-3 shortlist directly (no codec pass).
     unit_ids : np.ndarray, optional
         (n_units,) ids reported in hits; default: unit positions.
     exact_threshold : int
@@ -325,6 +332,7 @@ class MultiStageRetriever:
         codes: np.ndarray | None = None,
         code_offsets: np.ndarray | None = None,
         generator: CandidateGenerator | None = None,
+        dense: DenseCandidateGenerator | None = None,
         unit_ids: np.ndarray | None = None,
         exact_threshold: int = EXACT_THRESHOLD,
     ) -> None:
@@ -350,6 +358,9 @@ class MultiStageRetriever:
         self._exact = ExactCandidateGenerator(n, self._score_all, dim=vectors.dim)
         if generator is not None:
             self.attach_generator(generator)
+        if dense is not None and dense.n_units != n:
+            raise InvalidInputError(f"the dense generator knows {dense.n_units} units, the retriever {n}")
+        self.dense = dense
 
     def attach_generator(self, generator: CandidateGenerator) -> None:
         """Use ``generator`` (over the same units) for ``stage1="faiss"`` from now on."""
@@ -369,6 +380,16 @@ class MultiStageRetriever:
 
     def stage1_kind(self, requested: str = "auto") -> str:
         """The generator ``requested`` resolves to for this collection."""
+        if requested == "dense":
+            if self.dense is None:
+                raise InvalidInputError("this index has no dense stage-1 rows; use stage1='exact' or 'faiss'")
+            return "dense"
+        if (
+            requested == "auto"
+            and self.dense is not None
+            and self.exact_threshold <= self.n_units <= DENSE_MAX_UNITS
+        ):
+            return "dense"
         kind = choose_stage1(self.n_units, requested, threshold=self.exact_threshold)
         if kind == "faiss" and self.generator is None:
             if requested == "faiss":
@@ -396,9 +417,11 @@ class MultiStageRetriever:
 
     def exact(self, query: torch.Tensor, units: np.ndarray) -> torch.Tensor:
         """Exact MaxSim (k,) float32 of ``units`` (k,) on their stored float16 rows."""
+        # Gathered as stored (float16) and widened block by block inside ``maxsim``: one float32 copy
+        # of the whole shortlist would cost twice the scoring itself (fresh pages, slow conversion).
+        # The query is rounded to float16 there, as brute force and the GPU kernel compute it.
         docs, offsets = self.vectors.gather(units)  # (n_rows, dim) float16, (k + 1,)
-        # Widened once here: the CPU matmul runs in float32 and the query keeps its float32 values.
-        return maxsim(query.float(), docs.float(), offsets)  # (k,)
+        return maxsim(query.float(), docs, offsets)  # (k,)
 
     def _score_all(self, query: torch.Tensor) -> torch.Tensor:
         return self.approximate(query, np.arange(self.n_units, dtype=np.int64))  # (n_units,)
@@ -452,16 +475,21 @@ class MultiStageRetriever:
                 cands = self.generator.search(q, params.stage1_k, mask=allowed, nprobe=params.nprobe)
             else:
                 cands = self.generator.candidates(q, params.stage1_k, unit_mask=allowed)
+        elif kind == "dense":
+            assert self.dense is not None
+            cands = self.dense.candidates(q, params.stage1_k, unit_mask=allowed)
         else:
             cands = self._exact.candidates(q, params.stage1_k, unit_mask=allowed)
         timings["stage1"] = (time.perf_counter() - t0) * 1000
         units = cands.units  # (k1,)
         if units.size == 0:
             return RetrievalResult([], kind, 0, 0, timings)
-        exact_stage2 = self.compressor is None
+        exact_stage2 = self.compressor is None and kind != "dense"
         t0 = time.perf_counter()
-        if cands.scores is not None and kind == "exact":
-            scores = cands.scores  # the exact scan already scored every unit with ``approximate``
+        if cands.scores is not None and kind in ("exact", "dense"):
+            # The exact scan already scored every unit with ``approximate``; the dense scan's summary
+            # MaxSim ranks at least as well as a codec, so it picks the shortlist itself.
+            scores = cands.scores
         else:
             scores = self.approximate(q, units).numpy()  # (k1,)
         timings["stage2"] = (time.perf_counter() - t0) * 1000

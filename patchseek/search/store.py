@@ -9,7 +9,8 @@ nothing points to, never a truncated file under a visible name.
 
 Derived parts (``DERIVED_PARTS``) are written by search, not by ingest: ``codes`` (the version codec's
 codes of the document's rows), ``coarse`` (the rows' stage-1 centroid ids) and, for collections without a
-codec, ``pooled`` / ``pooled_spans`` (each unit's rows pooled per stage-1 centroid, for stage 2). They are
+codec, ``pooled`` / ``pooled_spans`` (each unit's rows pooled per stage-1 centroid, for stage 2) and
+``dense`` (each unit's pooled rows merged into a fixed number of summary rows, the dense stage 1). They are
 a cache of a deterministic function of ``vectors`` and the version's fitted state, so search writes them
 the first time it needs them; ``write`` removes stale ones before it writes a document's vectors (SQLite
 may reuse the id of a deleted document).
@@ -30,7 +31,7 @@ from patchseek.indexer.blobs import atomic_write
 from patchseek.types import PatchBag
 
 PARTS = ("vectors", "positions", "salience")
-DERIVED_PARTS = ("codes", "coarse", "pooled", "pooled_spans")
+DERIVED_PARTS = ("codes", "coarse", "pooled", "pooled_spans", "dense")
 
 
 def fsync_dir(path: Path) -> None:

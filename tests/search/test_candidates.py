@@ -1,4 +1,5 @@
-"""Stage-1 candidate generators: the exact scan and the FAISS (PLAID-style) inverted lists."""
+"""Stage-1 candidate generators: the exact scan, the dense summary scan and the FAISS (PLAID-style)
+inverted lists."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from patchseek.errors import InvalidInputError, MissingDependencyError
 from patchseek.kernels import code_maxsim, maxsim
 from patchseek.search import (
     CandidateGenerator,
+    DenseCandidateGenerator,
     ExactCandidateGenerator,
     FaissCandidateGenerator,
     choose_stage1,
@@ -55,9 +57,13 @@ def data():  # type: ignore[no-untyped-def]
 class TestContract:
     """Every generator: validation, empty inputs, filters."""
 
-    @pytest.fixture(params=["exact", "faiss"])
+    @pytest.fixture(params=["exact", "dense", "faiss"])
     def gen(self, request, data) -> CandidateGenerator:  # type: ignore[no-untyped-def]
         vectors, offsets, faiss_gen = data
+        if request.param == "dense":
+            return DenseCandidateGenerator.from_chunks(
+                [(vectors.numpy(), np.diff(offsets.numpy()))], n_rows=6
+            )
         return (
             faiss_gen if request.param == "faiss" else ExactCandidateGenerator.from_vectors(vectors, offsets)
         )

@@ -25,8 +25,9 @@ pytest.importorskip("faiss")
 
 
 def exact_top(vectors16: np.ndarray, offsets: np.ndarray, q: torch.Tensor, k: int) -> list[tuple[int, float]]:
-    """Reference: exact MaxSim over the float16-stored vectors, widened to float32."""
-    docs = torch.from_numpy(vectors16.astype(np.float32))  # (N, dim)
+    """Reference: exact MaxSim over the float16-stored vectors as brute force computes it (``maxsim`` on
+    float16 documents: the query rounded to float16, float32 products and sums)."""
+    docs = torch.from_numpy(vectors16)  # (N, dim) float16
     scores = maxsim(q, docs, torch.from_numpy(offsets))  # (n_units,)
     order = sorted(range(len(scores)), key=lambda u: (-float(scores[u]), u))[:k]
     return [(u, float(scores[u])) for u in order]

@@ -114,8 +114,10 @@ class SearchRequest(BaseModel):
     metadata: dict[str, str | int | float | bool] | None = Field(
         default=None, max_length=32, description="only documents whose upload metadata has these fields"
     )
-    stage1: Literal["auto", "exact", "faiss"] = Field(
-        default="auto", description="candidate generator; auto scans small collections, FAISS above"
+    stage1: Literal["auto", "exact", "dense", "faiss"] = Field(
+        default="auto",
+        description="candidate generator; auto scans small collections exactly, larger ones by their dense "
+        "summary rows (no quantizer) or FAISS inverted lists",
     )
     stage1_k: int = Field(default=1000, ge=1, le=100_000, description="units stage 1 passes on")
     nprobe: int | None = Field(default=None, ge=1, le=4096, description="centroids probed per query token")

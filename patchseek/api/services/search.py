@@ -33,6 +33,7 @@ from patchseek.search.candidates import (
     default_n_centroids,
     pool_by_centroid,
 )
+from patchseek.search.dense import DEFAULT_ROWS, DenseCandidateGenerator, summarize_units
 from patchseek.search.retriever import MultiStageRetriever, SearchParams, UnitRows, UnitVectors
 from patchseek.search.store import fsync_dir
 from patchseek.types import PatchBag
@@ -75,6 +76,7 @@ class _CachedIndex:
 
 _MEDIA = {"pdf": 0, "image": 1, "video": 2}
 STAGE1_K = 1000  # units stage 1 hands to stage 2 (DESIGN.md: ~1000)
+DENSE_ROWS = DEFAULT_ROWS  # summary rows per unit of the dense stage 1
 EXACT_UNITS = EXACT_THRESHOLD  # collections smaller than this are scanned exactly unless told otherwise
 FIT_UNITS = 2000  # units sampled (evenly) to fit a version's codec or coarse centroids
 
@@ -121,12 +123,15 @@ class SearchService:
             vectors = UnitVectors.from_rows(units, arrays, version.dim)
             compressor, codes = self._codes(collection.id, version, units, arrays)
             generator = None
+            dense = None
             code_offsets = None
             has_rows = int(vectors.lengths.sum()) > 0
             if has_rows and choose_stage1(len(units), threshold=EXACT_UNITS) == "faiss":
                 generator = self._generator(collection.id, version, units, arrays, compressor, codes)
                 if compressor is None:  # no codec: stage 2 scores patches pooled per coarse centroid
-                    compressor, codes, code_offsets = self._pooled(collection.id, version, units, arrays)
+                    compressor, codes, code_offsets, dense = self._pooled(
+                        collection.id, version, units, arrays
+                    )
                     generator.use_entry_vectors(codes)  # stage 1 scores the pooled rows it probes
             retriever = MultiStageRetriever(
                 vectors,
@@ -134,6 +139,7 @@ class SearchService:
                 codes=codes,
                 code_offsets=code_offsets,
                 generator=generator,
+                dense=dense,
                 unit_ids=np.array([u.unit_id for u in units], dtype=np.int64),
                 exact_threshold=EXACT_UNITS,
             )
@@ -255,43 +261,53 @@ class SearchService:
 
     def _pooled(
         self, collection_id: int, version: IndexVersion, units: list[UnitRows], arrays: dict[int, np.ndarray]
-    ) -> tuple[Compressor, np.ndarray, np.ndarray]:
-        """Stage-2 rows of a collection without a codec: each unit's patches pooled per stage-1 centroid
-        (``pool_by_centroid``), float16, scored by exact MaxSim (~1/5 of the rows, ~0.96 recall@10 after
-        the exact rerank in ``bench/search.py``). Each document's pooled rows are saved as its ``pooled``
-        part with ``pooled_spans`` (n_units, 3) int64 ``[row offset, patches, pooled rows]``.
+    ) -> tuple[Compressor, np.ndarray, np.ndarray, DenseCandidateGenerator]:
+        """Stage-1 and stage-2 rows of a collection without a codec.
 
-        Returns a float16 codec, the pooled rows (n_pooled, dim) in unit order and their offsets
-        (n_units + 1,).
+        Each unit's patches pooled per stage-1 centroid (``pool_by_centroid``, float16, ~1/4 of the
+        rows), scored by exact MaxSim where stage 2 runs, and those pooled rows merged into
+        ``DENSE_ROWS`` summary rows per unit (``summarize_units``) for the dense stage-1 scan. Each
+        document's pooled rows are saved as its ``pooled`` part with ``pooled_spans`` (n_units, 3) int64
+        ``[row offset, patches, pooled rows]``, its summary rows as ``dense`` (n_units, R, dim).
+
+        Returns a float16 codec, the pooled rows (n_pooled, dim) in unit order, their offsets
+        (n_units + 1,) and the dense generator over the same units.
         """
         spans_of: dict[int, list[tuple[int, int]]] = {}
         for u in units:
             spans_of.setdefault(u.document_id, []).append((u.offset, u.n_patches))
-        where: dict[tuple[int, int], np.ndarray] = {}  # (document, row offset) -> the unit's pooled rows
+        where: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}  # (document, offset) -> rows
         for doc_id, spans in spans_of.items():
             spans = sorted(spans)
-            pooled, table = self._pooled_document(
+            pooled, table, summary = self._pooled_document(
                 collection_id, version.number, doc_id, arrays[doc_id], spans
             )
             starts = np.concatenate([[0], np.cumsum(table[:, 2])])  # (n_spans + 1,)
             for i, (offset, _) in enumerate(spans):
-                where[(doc_id, offset)] = pooled[int(starts[i]) : int(starts[i + 1])]
-        parts = [where[(u.document_id, u.offset)] for u in units]
+                where[(doc_id, offset)] = (pooled[int(starts[i]) : int(starts[i + 1])], summary[i])
+        parts = [where[(u.document_id, u.offset)][0] for u in units]
         codes = np.ascontiguousarray(np.concatenate(parts), dtype=np.float16)  # (n_pooled, dim)
         offsets = np.concatenate([[0], np.cumsum([p.shape[0] for p in parts])]).astype(np.int64)
         codec = Compressor(CompressionConfig())  # float16: the pooled rows are scored as stored
         codec.quantizer.fit(np.asarray(codes[:1], dtype=np.float32))
-        return codec, codes, offsets
+        rows = np.stack([where[(u.document_id, u.offset)][1] for u in units])  # (n_units, R, dim)
+        dense = DenseCandidateGenerator(rows, np.diff(offsets) > 0)
+        return codec, codes, offsets, dense
 
     def _pooled_document(
         self, collection_id: int, number: int, doc_id: int, vectors: np.ndarray, spans: list[tuple[int, int]]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """A document's saved pooled rows and span table, recomputed when missing or stale."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A document's saved pooled rows, span table and dense summary rows, recomputed when missing or
+        stale."""
         wanted = np.array(spans, dtype=np.int64).reshape(-1, 2)  # (n_spans, 2) offset, patches
         pooled = self.ctx.segments.read_part(collection_id, number, doc_id, "pooled")
         table = self.ctx.segments.read_part(collection_id, number, doc_id, "pooled_spans")
         if pooled is not None and table is not None and np.array_equal(table[:, :2], wanted):
-            return pooled, np.asarray(table)
+            summary = self.ctx.segments.read_part(collection_id, number, doc_id, "dense")
+            if summary is None or summary.shape[:2] != (len(spans), DENSE_ROWS):
+                summary = summarize_units(np.asarray(pooled), np.asarray(table)[:, 2], DENSE_ROWS)
+                self.ctx.segments.write_part(collection_id, number, doc_id, "dense", summary)
+            return pooled, np.asarray(table), summary
         coarse = self.ctx.segments.read_part(collection_id, number, doc_id, "coarse")
         assert coarse is not None, "stage-1 centroid ids are written before the pooled rows"
         rows = np.concatenate([np.arange(o, o + n) for o, n in spans]) if spans else np.zeros(0, np.int64)
@@ -300,9 +316,12 @@ class SearchService:
         )
         pooled = pooled32.astype(np.float16)  # (n_pooled, dim)
         table = np.concatenate([wanted, pooled_lengths[:, None]], axis=1)  # (n_spans, 3)
+        summary = summarize_units(pooled, pooled_lengths, DENSE_ROWS)  # (n_spans, R, dim) float16
+        # The span table is written last: it is what marks the other two as belonging to these spans.
         self.ctx.segments.write_part(collection_id, number, doc_id, "pooled", pooled)
+        self.ctx.segments.write_part(collection_id, number, doc_id, "dense", summary)
         self.ctx.segments.write_part(collection_id, number, doc_id, "pooled_spans", table)
-        return pooled, table
+        return pooled, table, summary
 
     def _derived(
         self, collection_id: int, number: int, doc_id: int, part: str, vectors: np.ndarray, fn: Any
@@ -334,12 +353,13 @@ class SearchService:
         """Top ``top_k`` units for a text ``query`` or an ``image`` query, optionally filtered.
 
         Three stages (``MultiStageRetriever``): ``stage1`` (``"auto"``: an exact scan below
-        ``EXACT_THRESHOLD`` units, FAISS above; ``"exact"`` / ``"faiss"`` force one) picks ``stage1_k``
-        units; collections with a quantizer score them on the codes and keep ``candidates``, which (with
-        ``rerank``) are re-scored exactly on the stored vectors. Without a quantizer the candidates are
-        scored exactly at once. Filters (``document_ids``, ``media_types`` and ``metadata``: every given
-        field of the document's upload metadata equals the given string, number or boolean) apply before
-        any scoring.
+        ``EXACT_THRESHOLD`` units; above it, for a collection without a quantizer, a scan of every unit's
+        ``DENSE_ROWS`` summary rows, else FAISS inverted lists; ``"exact"`` / ``"dense"`` / ``"faiss"``
+        force one) picks ``stage1_k`` units; a quantizer's codes (or the dense scan's own scores) keep
+        ``candidates``, which (with ``rerank``) are re-scored exactly on the stored vectors. A small
+        collection without a quantizer is scored exactly at once. Filters (``document_ids``,
+        ``media_types`` and ``metadata``: every given field of the document's upload metadata equals the
+        given string, number or boolean) apply before any scoring.
         """
         start = time.perf_counter()
         if (query is None or not query.strip()) and image is None:
@@ -350,7 +370,7 @@ class SearchService:
             if m not in _MEDIA:
                 raise InvalidInputError(f"unknown media type {m!r}; use pdf, image or video")
         if stage1 not in STAGE1_CHOICES:
-            raise InvalidInputError(f"unknown stage1 {stage1!r}; use auto, exact or faiss")
+            raise InvalidInputError(f"unknown stage1 {stage1!r}; use auto, exact, dense or faiss")
         with self.ctx.db.session() as session:
             collection = get_collection(session, collection_name)
         encoder = self.ctx.encoder(collection.encoder)

@@ -64,12 +64,19 @@ class HierarchicalMerger(PatchMerger):
         k = self.n_out(n)
         if k >= n:
             return MergeResult(bag=bag, labels=torch.arange(n, dtype=torch.int64))
-        x = bag.vectors.detach().to("cpu", torch.float64).numpy()  # (n, dim)
-        tree = linkage(x, method="ward")  # (n - 1, 4)
-        raw = fcluster(tree, t=k, criterion="maxclust")  # (n,) labels in 1..k
-        labels = _relabel_by_first_member(raw)  # (n,) in 0..k'-1
+        labels = torch.from_numpy(ward_labels(bag.vectors.detach().cpu().numpy(), k))  # (n,) in 0..k'-1
         means = _segment_mean(bag.vectors.detach().float().cpu(), labels)  # (k', dim)
         return MergeResult(bag=_cluster_bag(bag, labels, means), labels=labels)
+
+
+def ward_labels(x: np.ndarray, k: int) -> np.ndarray:
+    """Ward clusters of the rows of x (n, dim) into at most ``k``: labels (n,) int64 in 0..k'-1,
+    numbered in order of each cluster's first row (k' < k only when rows coincide)."""
+    if x.shape[0] <= k:
+        return np.arange(x.shape[0], dtype=np.int64)
+    tree = linkage(np.asarray(x, dtype=np.float64), method="ward")  # (n - 1, 4)
+    raw = fcluster(tree, t=k, criterion="maxclust")  # (n,) labels in 1..k
+    return _relabel_by_first_member(raw)
 
 
 def merge_video_segment(
@@ -155,13 +162,13 @@ def merge_video_segment(
     )
 
 
-def _relabel_by_first_member(raw: np.ndarray) -> torch.Tensor:
+def _relabel_by_first_member(raw: np.ndarray) -> np.ndarray:
     """Cluster ids (n,) renumbered 0.. in order of each cluster's first member."""
     _, first = np.unique(raw, return_index=True)  # per raw label, its first position
     order = np.argsort(first)  # raw labels sorted by first appearance
     remap = np.empty(int(raw.max()) + 1, dtype=np.int64)
     remap[np.unique(raw)[order]] = np.arange(order.size)
-    return torch.from_numpy(remap[raw])  # (n,)
+    return remap[raw]  # (n,)
 
 
 def _segment_mean(vectors: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
