@@ -291,7 +291,9 @@ class SearchService:
         codec = Compressor(CompressionConfig())  # float16: the pooled rows are scored as stored
         codec.quantizer.fit(np.asarray(codes[:1], dtype=np.float32))
         rows = np.stack([where[(u.document_id, u.offset)][1] for u in units])  # (n_units, R, dim)
-        dense = DenseCandidateGenerator(rows, np.diff(offsets) > 0)
+        # The summary rows live where the scan is fastest: on the GPU when the service may use one.
+        on_gpu = self.ctx.settings.device != "cpu" and torch.cuda.is_available()
+        dense = DenseCandidateGenerator(rows, np.diff(offsets) > 0, device="cuda" if on_gpu else "cpu")
         return codec, codes, offsets, dense
 
     def _pooled_document(
