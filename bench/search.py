@@ -205,44 +205,33 @@ def build(corpus: SyntheticCorpus, workdir: Path, k_centroids: int, chunk_pages:
     log(f"pooled segment written in {encode_s:.0f} s, inverted lists built in {ivf_s:.1f} s")
     codec = Compressor(CompressionConfig())  # float16 codes: the pooled vectors are scored as stored
     codec.quantizer.fit(np.asarray(pooled_seg.vectors[:1], dtype=np.float32))
-    retriever = MultiStageRetriever(
-        UnitVectors.packed(segment.vectors, segment.offsets),
-        compressor=codec,
-        codes=pooled_seg.vectors,
-        code_offsets=pooled_seg.offsets,
-        generator=generator,
-    )
     # The same index read as plain k-means codes (PLAID's centroid interaction, no residuals), for
     # comparison: stage 2 sees only each page's set of centroid ids.
     kmeans = Compressor(CompressionConfig(quantizer="kmeans", kmeans_k=int(centroids.shape[0])))
     kmeans.quantizer = KMeansQuantizer(int(centroids.shape[0]))
     kmeans.quantizer.centroids, kmeans.quantizer.dim = centroids, corpus.dim
-    by_ids = MultiStageRetriever(
-        UnitVectors.packed(segment.vectors, segment.offsets),
-        compressor=kmeans,
-        codes=pooled_seg.codes,
-        code_offsets=pooled_seg.offsets,
-        generator=by_centroid,
-    )
-    centroid_stage1 = MultiStageRetriever(
-        UnitVectors.packed(segment.vectors, segment.offsets),
-        compressor=codec,
-        codes=pooled_seg.vectors,
-        code_offsets=pooled_seg.offsets,
-        generator=by_centroid,
-    )
     t0 = time.perf_counter()
     dense_gen = build_dense(pooled_seg, dense_rows, chunk_pages, workers=max(1, torch.get_num_threads()))
     dense_s = time.perf_counter() - t0
     log(f"dense rows ({dense_rows} per page, {dense_gen.rows.dtype}) built in {dense_s:.0f} s")
-    dense = MultiStageRetriever(
-        UnitVectors.packed(segment.vectors, segment.offsets),
-        compressor=codec,
-        codes=pooled_seg.vectors,
-        code_offsets=pooled_seg.offsets,
-        generator=generator,
-        dense=dense_gen,
-    )
+
+    def over_pages(
+        compressor: Compressor, codes: np.ndarray, generator: FaissCandidateGenerator, **kwargs: object
+    ) -> MultiStageRetriever:
+        """A retriever over the full float16 pages, stage 2 on ``codes`` laid out like the pooled rows."""
+        return MultiStageRetriever(
+            UnitVectors.packed(segment.vectors, segment.offsets),
+            compressor=compressor,
+            codes=codes,
+            code_offsets=pooled_seg.offsets,
+            generator=generator,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    retriever = over_pages(codec, pooled_seg.vectors, generator)
+    by_ids = over_pages(kmeans, pooled_seg.codes, by_centroid)
+    centroid_stage1 = over_pages(codec, pooled_seg.vectors, by_centroid)
+    dense = over_pages(codec, pooled_seg.vectors, generator, dense=dense_gen)
     info = {
         "k": k_centroids,
         "write_s": write_s,
