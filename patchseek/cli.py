@@ -69,7 +69,7 @@ def ingest(
     ] = None,
 ) -> None:
     """Ingest files into a collection (created if missing). Exits 1 if any file failed."""
-    from patchseek.api.services import CollectionService, IngestService
+    from patchseek.api.services import CollectionService, IngestService, JobService
 
     ctx = _context()
     try:
@@ -103,6 +103,9 @@ def ingest(
                 job = service.run_job(job.id, progress=on_progress)
                 results.extend(job.result.get("documents", []))
                 bar.update(task, advance=len(chunk))
+            if files:  # save the search parts now rather than at the first query
+                bar.update(task, description="preparing search")
+                JobService(ctx).prepare_search(job.id)
     except PatchseekError as exc:
         _fail(exc)
     finally:
@@ -260,12 +263,14 @@ def rebuild(
     ] = None,
 ) -> None:
     """Rebuild a collection into a new index version and swap it in atomically."""
-    from patchseek.api.services import RebuildService
+    from patchseek.api.services import JobService, RebuildService
 
     ctx = _context()
     try:
         service = RebuildService(ctx)
         job = service.run_job(service.submit(collection, encoder=encoder, status="running").id)
+        if job.status in ("succeeded", "partial"):
+            JobService(ctx).prepare_search(job.id)
     except PatchseekError as exc:
         _fail(exc)
         return

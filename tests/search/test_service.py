@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from patchseek.api.services import CollectionService, IngestService, SearchService, ServiceContext
+from patchseek.api.services import CollectionService, IngestService, JobService, SearchService, ServiceContext
 from patchseek.errors import InvalidInputError
 from tests.api.test_compressed_collections import TOPICS, _pdf
 
@@ -115,3 +115,25 @@ def test_metadata_filters_match_values_of_the_same_json_type() -> None:
     assert not metadata_matches(meta, {"owner": "design"})  # a missing field never matches
     with pytest.raises(InvalidInputError):
         metadata_matches(meta, {"team": ["design"]})
+
+
+def test_jobs_save_the_search_parts_before_the_first_query(ctx, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A worker that finishes an ingest job computes the derived parts (coarse ids, pooled and dense
+    rows); the first search then only reads them."""
+    import patchseek.api.services.search as search_module
+
+    monkeypatch.setattr(search_module, "EXACT_UNITS", 4)
+    CollectionService(ctx).create("c")
+    job = IngestService(ctx).submit("c", [("a.pdf", _pdf(TOPICS)), ("b.pdf", _pdf(TOPICS[::-1]))])
+    jobs = JobService(ctx)
+    assert jobs.claim() == job.id
+    jobs.run(job.id)
+    assert jobs.get(job.id).status == "succeeded"
+    version_dir = ctx.segments.folder(1, 1)
+    saved = {p: p.stat().st_mtime_ns for p in version_dir.glob("doc-*.*.npy") if "vectors" not in p.name}
+    assert {p.name.split(".")[1] for p in saved} >= {"coarse", "pooled", "pooled_spans", "dense"}
+    hits = SearchService(ctx).search("c", query="glacier retreat", top_k=3).hits
+    assert hits and hits[0].text and "glacier" in hits[0].text.lower()
+    assert {
+        p: p.stat().st_mtime_ns for p in version_dir.glob("doc-*.*.npy") if "vectors" not in p.name
+    } == saved

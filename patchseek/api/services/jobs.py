@@ -14,10 +14,11 @@ from typing import Any
 
 from sqlalchemy import CursorResult, or_, select, update
 
-from patchseek.api.db.models import Document, Job, utcnow
+from patchseek.api.db.models import Collection, Document, Job, utcnow
 from patchseek.api.services.context import ServiceContext
 from patchseek.api.services.ingest import IngestService
 from patchseek.api.services.rebuild import RebuildService
+from patchseek.api.services.search import SearchService
 from patchseek.errors import ConflictError, NotFoundError
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,23 @@ class JobService:
                     job.error = f"{type(exc).__name__}: {exc}"
                     if not retry:
                         job.finished_at = utcnow()
+            return
+        self.prepare_search(job_id)
+
+    def prepare_search(self, job_id: int) -> None:
+        """Save the derived search parts of the job's collection now (``SearchService.prepare``), so
+        its first query does not compute them. A failure here is logged: the job's documents are
+        committed, and search computes whatever is missing itself."""
+        with self.ctx.db.session() as session:
+            job = session.get(Job, job_id)
+            collection = None if job is None else session.get(Collection, job.collection_id)
+            name = None if collection is None else collection.name
+        if name is None:
+            return
+        try:
+            SearchService(self.ctx).prepare(name)
+        except Exception:
+            log.exception("preparing the search index of %r after job %s failed", name, job_id)
 
     def requeue_stale(self, max_age_seconds: float | None = None) -> int:
         """Jobs left 'running' by a process that died go back to the queue.
