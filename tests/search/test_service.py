@@ -101,6 +101,8 @@ def test_forced_faiss_on_a_small_collection_and_bad_stage1(ctx) -> None:  # type
     assert forced.hits[0].unit_id == exact.hits[0].unit_id and forced.hits[0].page == 4
     with pytest.raises(InvalidInputError):
         search.search("c", query="volcanic eruption", stage1="hnsw")
+    with pytest.raises(InvalidInputError, match="no dense stage-1 rows"):  # small: scanned exactly
+        search.search("c", query="volcanic eruption", stage1="dense")
 
 
 def test_metadata_filters_match_values_of_the_same_json_type() -> None:
