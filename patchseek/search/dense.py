@@ -149,11 +149,6 @@ class DenseCandidateGenerator(CandidateGenerator):
         return int(self.rows.shape[2])
 
     @property
-    def n_rows(self) -> int:
-        """Summary rows per unit (R)."""
-        return int(self.rows.shape[1])
-
-    @property
     def nbytes(self) -> int:
         """Resident bytes of the summary rows."""
         return int(self.rows.element_size() * self.rows.nelement())
