@@ -103,9 +103,12 @@ def ingest(
                 job = service.run_job(job.id, progress=on_progress)
                 results.extend(job.result.get("documents", []))
                 bar.update(task, advance=len(chunk))
-            if files:  # save the search parts now rather than at the first query
-                bar.update(task, description="preparing search")
-                JobService(ctx).prepare_search(job.id)
+            if files:  # merges; a refit rebuild when the collection outgrew its codec's fit
+                bar.update(task, description="maintaining the index")
+                refit = JobService(ctx).prepare_search(job.id)
+                if refit is not None:
+                    bar.update(task, description="refitting the codec (rebuild)")
+                    JobService(ctx).run(refit)
     except PatchseekError as exc:
         _fail(exc)
     finally:
@@ -256,6 +259,61 @@ def collections() -> None:
 
 
 @app.command()
+def stats(
+    collection: Annotated[str, typer.Option("--collection", "-c")] = "default",
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """What the collection's index holds and costs: segments, fitted state, bytes per page by part."""
+    from patchseek.api.services import SearchService
+
+    ctx = _context()
+    try:
+        info = SearchService(ctx).stats(collection)
+    except PatchseekError as exc:
+        _fail(exc)
+        return
+    finally:
+        ctx.close()
+    if as_json:
+        print(json.dumps(info))
+        return
+    n = max(1, info["units"])
+    print(f"{collection}: {info['units']} units, {info['rows']} vectors, {info['segments']} segments")
+    print(f"fitted state: {info['state'] or 'none (scored exactly)'} {info['fit'] or ''}")
+    for where in ("disk", "ram"):
+        parts = info[f"{where}_bytes"]
+        line = ", ".join(f"{k} {v / n:,.0f}" for k, v in sorted(parts.items())) or "-"
+        print(f"{where} bytes per unit: {info[f'{where}_bytes_per_unit']:,.0f} ({line})")
+
+
+@app.command()
+def migrate() -> None:
+    """Convert a data dir written by patchseek 0.1 (per-document files) to packed segments (also done
+    automatically on start)."""
+    from patchseek.api.db.session import Database
+    from patchseek.api.services.context import ServiceContext
+    from patchseek.api.services.migrate import migrate_legacy
+
+    settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    ctx = ServiceContext(settings, Database(settings.resolved_database_url, upgrade=True), _blobs(settings))
+    try:
+        report = migrate_legacy(ctx)
+    finally:
+        ctx.close()
+    print(
+        f"migrated {report.versions} index versions: {report.documents} documents, {report.units} units; "
+        f"{report.files_removed} old files removed"
+    )
+
+
+def _blobs(settings: Settings):  # type: ignore[no-untyped-def]
+    from patchseek.indexer.blobs import BlobStore
+
+    return BlobStore(settings.blob_dir)
+
+
+@app.command()
 def rebuild(
     collection: Annotated[str, typer.Option("--collection", "-c")] = "default",
     encoder: Annotated[
@@ -270,7 +328,7 @@ def rebuild(
         service = RebuildService(ctx)
         job = service.run_job(service.submit(collection, encoder=encoder, status="running").id)
         if job.status in ("succeeded", "partial"):
-            JobService(ctx).prepare_search(job.id)
+            JobService(ctx).prepare_search(job.id)  # merges only: a rebuild's fit is fresh
     except PatchseekError as exc:
         _fail(exc)
         return

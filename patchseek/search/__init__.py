@@ -1,4 +1,5 @@
-"""Search: segment files, stage-1 candidate generators and the three-stage late-interaction retriever."""
+"""Search: the index engine (segments, manifest, snapshots), stage-1 candidate generators and the
+three-stage late-interaction retriever."""
 
 from __future__ import annotations
 
@@ -11,6 +12,18 @@ from patchseek.search.candidates import (
     make_candidate_generator,
 )
 from patchseek.search.dense import DenseCandidateGenerator, summarize_units
+from patchseek.search.engine import (
+    REGISTRY,
+    EngineHit,
+    EngineResult,
+    Filter,
+    FittedState,
+    IndexEngine,
+    Snapshot,
+    UnitBatch,
+    fit_rule,
+)
+from patchseek.search.manifest import Manifest, read_manifest
 from patchseek.search.retriever import (
     MultiStageRetriever,
     PackedIndex,
@@ -21,30 +34,37 @@ from patchseek.search.retriever import (
     UnitVectors,
     search,
 )
-from patchseek.search.segments import Segment, SegmentWriter, list_segments
-from patchseek.search.store import DocumentVectors, SegmentStore
+from patchseek.search.segments import SegmentFile, write_segment
 
 __all__ = [
     "EXACT_THRESHOLD",
     "CandidateGenerator",
     "Candidates",
     "DenseCandidateGenerator",
-    "DocumentVectors",
+    "EngineHit",
+    "EngineResult",
     "ExactCandidateGenerator",
     "FaissCandidateGenerator",
+    "Filter",
+    "FittedState",
+    "IndexEngine",
+    "Manifest",
     "MultiStageRetriever",
     "PackedIndex",
     "RetrievalResult",
     "ScoredUnit",
     "SearchParams",
-    "Segment",
-    "SegmentStore",
-    "SegmentWriter",
+    "REGISTRY",
+    "SegmentFile",
+    "Snapshot",
+    "UnitBatch",
     "UnitRows",
     "UnitVectors",
     "choose_stage1",
-    "list_segments",
+    "fit_rule",
     "make_candidate_generator",
+    "read_manifest",
     "search",
     "summarize_units",
+    "write_segment",
 ]

@@ -1,25 +1,27 @@
-"""Packed segments: many units' rerank vectors, codes and offsets in append-only, memory-mapped files.
+"""Packed segments: many units' vectors, codes and stage-1 data in one immutable, memory-mapped file.
 
-A segment is a folder ``<root>/seg-<name>/`` holding
+A segment is one file ``seg-<name>.seg``:
 
-- ``vectors.bin``  (N, dim) float16 rerank copy of every patch, raw little-endian rows;
-- ``codes.bin``    (N, *code_shape) codes of the collection's codec (optional);
-- ``offsets.npy``  (n_units + 1,) int64 row offsets; ``unit_ids.npy`` (n_units,) int64 caller ids;
-- ``segment.json`` dtypes and shapes.
+- 8 bytes magic ``PSEG0002``, 8 bytes little-endian header length ``h``;
+- ``h`` bytes of JSON: ``{"meta": {...}, "parts": {part: {"offset", "dtype", "shape"}}}``;
+- the parts' raw little-endian arrays, each starting at a 64-byte aligned offset.
 
-``SegmentWriter`` appends into a hidden ``.tmp-seg-<name>-<random>`` folder, and ``commit`` fsyncs every
-file, writes ``segment.json`` last, fsyncs, then renames the folder to its visible name and fsyncs the
-root. A crash at any point before the rename leaves only a hidden temp folder, which readers never list
-(``list_segments``) and ``remove_stale_temp`` deletes; a visible segment is always complete. Segments are
-never modified after ``commit``: deleting units is the caller's tombstone (a mask), compacted by writing
-a fresh set of segments (a rebuild).
+One file and one memory map per segment (not one per part or per document): a process serving a
+collection holds O(segments) file descriptors and maps, whatever the number of documents.
+
+``write_segment`` writes a hidden temp file beside the target, fsyncs it, renames it into place and
+fsyncs the folder; a crash leaves at worst a ``.tmp-`` file that no reader opens and
+``remove_stale_temp`` deletes. A visible segment is always complete and is never modified: deletes are
+tombstones in the manifest (``patchseek.search.manifest``), compaction writes a new segment.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 import os
-import shutil
+import struct
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,202 +30,149 @@ from typing import Any
 import numpy as np
 
 from patchseek.errors import InvalidInputError
-from patchseek.search.store import fsync_dir
 
-SEGMENT_JSON = "segment.json"
+MAGIC = b"PSEG0002"
+SUFFIX = ".seg"
 PREFIX = "seg-"
-TMP_PREFIX = ".tmp-seg-"
+TMP_PREFIX = ".tmp-"
+ALIGN = 64
 
 
-@dataclass(frozen=True)
-class Segment:
-    """A committed segment, memory-mapped.
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (a rename inside it) to disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
-    vectors  (N, dim) float16 memmap
-    codes    (N, ...) memmap or None
-    offsets  (n_units + 1,) int64
-    unit_ids (n_units,) int64
+
+def segment_path(root: str | Path, name: str) -> Path:
+    return Path(root) / f"{PREFIX}{name}{SUFFIX}"
+
+
+def new_segment_name() -> str:
+    """A unique segment name (time-ordered prefix, random suffix): safe across processes."""
+    return f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+
+
+def write_segment(root: str | Path, name: str, parts: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
+    """Durably write a segment file holding ``parts`` (name -> array) and ``meta`` (JSON-able).
+
+    Returns the visible path. Raises ``InvalidInputError`` if the segment already exists.
     """
+    folder = Path(root)
+    folder.mkdir(parents=True, exist_ok=True)
+    final = segment_path(folder, name)
+    if final.exists():
+        raise InvalidInputError(f"segment {final} already exists; segments are immutable")
+    layout: dict[str, dict[str, Any]] = {}
+    arrays = {k: np.ascontiguousarray(v) for k, v in parts.items()}
+    # The header's size depends on the offsets, which depend on the header's size: lay the parts out
+    # after a generous fixed header budget (the JSON is padded with spaces to it).
+    budget = 4096 + 160 * len(arrays) + len(json.dumps(meta))
+    offset = _align(16 + budget)
+    for k, a in arrays.items():
+        layout[k] = {"offset": offset, "dtype": a.dtype.str, "shape": list(a.shape)}
+        offset = _align(offset + a.nbytes)
+    header = json.dumps({"meta": meta, "parts": layout}).encode()
+    if len(header) > budget:
+        raise AssertionError("segment header budget too small")
+    header = header + b" " * (budget - len(header))
+    tmp = folder / f"{TMP_PREFIX}{name}-{uuid.uuid4().hex[:8]}{SUFFIX}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(MAGIC + struct.pack("<Q", budget) + header)
+            for k, a in arrays.items():
+                f.seek(layout[k]["offset"])
+                f.write(a.tobytes(order="C"))
+            f.truncate(max(offset, 16 + budget))
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(folder)
+    return final
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+@dataclass
+class SegmentFile:
+    """A committed segment, memory-mapped once; ``parts`` are read-only array views into the map."""
 
     path: Path
-    vectors: np.ndarray
-    codes: np.ndarray | None
-    offsets: np.ndarray
-    unit_ids: np.ndarray
-
-    @property
-    def n_units(self) -> int:
-        return int(self.unit_ids.shape[0])
-
-    @property
-    def n_rows(self) -> int:
-        return int(self.offsets[-1])
+    name: str
+    meta: dict[str, Any]
+    parts: dict[str, np.ndarray]
+    nbytes: int
+    part_bytes: dict[str, int]
 
     @classmethod
-    def open(cls, path: str | Path) -> Segment:
-        """Memory-map a committed segment folder."""
-        folder = Path(path)
-        try:
-            meta = json.loads((folder / SEGMENT_JSON).read_text())
-        except FileNotFoundError as exc:
-            raise InvalidInputError(f"{folder} is not a committed segment (no {SEGMENT_JSON})") from exc
-        n, dim = int(meta["n_rows"]), int(meta["dim"])
-        vectors = _map(folder / "vectors.bin", np.float16, (n, dim))
-        codes = None
-        if meta.get("code_dtype") is not None:
-            codes = _map(folder / "codes.bin", np.dtype(meta["code_dtype"]), (n, *meta["code_shape"]))
-        offsets = np.load(folder / "offsets.npy")
-        unit_ids = np.load(folder / "unit_ids.npy")
-        if offsets.shape != (unit_ids.shape[0] + 1,) or int(offsets[-1]) != n:
-            raise InvalidInputError(f"{folder}: offsets do not match the {n} stored rows")
-        return cls(folder, vectors, codes, offsets, unit_ids)
+    def open(cls, path: str | Path) -> SegmentFile:
+        path = Path(path)
+        with open(path, "rb") as f:
+            head = f.read(16)
+            if len(head) != 16 or head[:8] != MAGIC:
+                raise InvalidInputError(f"{path} is not a patchseek segment")
+            (size,) = struct.unpack("<Q", head[8:])
+            header = json.loads(f.read(size))
+            total = os.fstat(f.fileno()).st_size
+            # The mapping keeps its own reference to the file: one descriptor per segment, and a
+            # merged-away segment stays readable by the snapshots that still use it after its unlink.
+            mapped = mmap.mmap(f.fileno(), total, access=mmap.ACCESS_READ) if total else None
+        parts: dict[str, np.ndarray] = {}
+        part_bytes: dict[str, int] = {}
+        for k, spec in header["parts"].items():
+            dtype, shape = np.dtype(spec["dtype"]), tuple(int(s) for s in spec["shape"])
+            count = int(np.prod(shape)) if shape else 1
+            if count == 0 or mapped is None:
+                parts[k] = np.zeros(shape, dtype=dtype)
+            else:
+                parts[k] = np.frombuffer(
+                    mapped, dtype=dtype, count=count, offset=int(spec["offset"])
+                ).reshape(shape)
+            part_bytes[k] = count * dtype.itemsize
+        name = path.name[len(PREFIX) : -len(SUFFIX)]
+        return cls(path, name, dict(header["meta"]), parts, total, part_bytes)
+
+    def get(self, part: str) -> np.ndarray | None:
+        return self.parts.get(part)
 
 
-def _map(path: Path, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
-    if shape[0] == 0:  # mmap cannot map an empty file
-        return np.zeros(shape, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r", shape=shape)
-
-
-class SegmentWriter:
-    """Append units to a new segment; nothing is visible before ``commit``.
-
-    Parameters
-    ----------
-    root : path
-        Folder of the index version's segments.
-    name : str
-        Segment name (the folder becomes ``seg-<name>``); must not exist yet.
-    dim : int
-        Vector dimension.
-    code_dtype, code_shape :
-        dtype and per-row trailing shape of the codes, or None for a segment without codes.
-    """
-
-    def __init__(
-        self,
-        root: str | Path,
-        name: str,
-        dim: int,
-        *,
-        code_dtype: Any = None,
-        code_shape: tuple[int, ...] = (),
-    ) -> None:
-        self.root = Path(root)
-        self.final = self.root / f"{PREFIX}{name}"
-        if self.final.exists():
-            raise InvalidInputError(f"segment {self.final} already exists; segments are append-only")
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.root / f"{TMP_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
-        self.tmp.mkdir()
-        self.dim = int(dim)
-        self.code_dtype = None if code_dtype is None else np.dtype(code_dtype)
-        self.code_shape = tuple(int(s) for s in code_shape)
-        self._vectors = open(self.tmp / "vectors.bin", "wb")  # noqa: SIM115 - closed in commit/abort
-        self._codes = open(self.tmp / "codes.bin", "wb") if self.code_dtype is not None else None  # noqa: SIM115
-        self._lengths: list[np.ndarray] = []
-        self._unit_ids: list[np.ndarray] = []
-        self.n_rows = 0
-        self.n_units = 0
-
-    def append(
-        self,
-        vectors: np.ndarray,
-        lengths: np.ndarray,
-        *,
-        codes: np.ndarray | None = None,
-        unit_ids: np.ndarray | None = None,
-    ) -> None:
-        """Append consecutive units.
-
-        Parameters
-        ----------
-        vectors : np.ndarray
-            (n_rows, dim) their patch vectors (stored as float16).
-        lengths : np.ndarray
-            (n_new_units,) patches per unit, summing to ``n_rows``.
-        codes : np.ndarray, optional
-            (n_rows, *code_shape) codes; required when the segment has codes.
-        unit_ids : np.ndarray, optional
-            (n_new_units,) ids; default: their running position in the segment.
-        """
-        lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
-        n = int(lengths.sum())
-        if vectors.shape != (n, self.dim):
-            raise InvalidInputError(f"vectors must be ({n}, {self.dim}), got {vectors.shape}")
-        if (codes is None) != (self._codes is None):
-            raise InvalidInputError("give codes exactly when the segment was opened with a code dtype")
-        if codes is not None:
-            if codes.shape != (n, *self.code_shape):
-                raise InvalidInputError(f"codes must be ({n}, *{self.code_shape}), got {codes.shape}")
-            self._codes.write(np.ascontiguousarray(codes, dtype=self.code_dtype).tobytes())  # type: ignore[union-attr]
-        self._vectors.write(np.ascontiguousarray(vectors, dtype=np.float16).tobytes())
-        if unit_ids is None:
-            unit_ids = np.arange(self.n_units, self.n_units + lengths.size, dtype=np.int64)
-        self._lengths.append(lengths)
-        self._unit_ids.append(np.asarray(unit_ids, dtype=np.int64).reshape(-1))
-        self.n_rows += n
-        self.n_units += int(lengths.size)
-
-    def commit(self) -> Segment:
-        """Flush everything to disk, then make the segment visible with one rename."""
-        for f in (self._vectors, self._codes):
-            if f is not None:
-                f.flush()
-                os.fsync(f.fileno())
-                f.close()
-        lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, dtype=np.int64)
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # (n_units + 1,)
-        unit_ids = np.concatenate(self._unit_ids) if self._unit_ids else np.zeros(0, dtype=np.int64)
-        for name, array in (("offsets.npy", offsets), ("unit_ids.npy", unit_ids)):
-            with open(self.tmp / name, "wb") as f:
-                np.save(f, array)
-                f.flush()
-                os.fsync(f.fileno())
-        meta = {
-            "format": 1,
-            "n_rows": self.n_rows,
-            "n_units": self.n_units,
-            "dim": self.dim,
-            "code_dtype": None if self.code_dtype is None else self.code_dtype.str,
-            "code_shape": list(self.code_shape),
-        }
-        with open(self.tmp / SEGMENT_JSON, "w") as meta_file:  # written last: marks completeness
-            meta_file.write(json.dumps(meta))
-            meta_file.flush()
-            os.fsync(meta_file.fileno())
-        fsync_dir(self.tmp)
-        os.rename(self.tmp, self.final)
-        fsync_dir(self.root)
-        return Segment.open(self.final)
-
-    def abort(self) -> None:
-        """Drop the uncommitted segment."""
-        for f in (self._vectors, self._codes):
-            if f is not None and not f.closed:
-                f.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def __enter__(self) -> SegmentWriter:
-        return self
-
-    def __exit__(self, exc_type: Any, *_: Any) -> None:
-        if exc_type is not None:
-            self.abort()
-
-
-def list_segments(root: str | Path) -> list[Segment]:
-    """The committed segments under ``root``, by name; temp folders of unfinished writes are ignored."""
+def list_segment_names(root: str | Path) -> list[str]:
+    """Names of the committed segment files under ``root`` (temp files of unfinished writes ignored)."""
     folder = Path(root)
     if not folder.is_dir():
         return []
-    return [Segment.open(p) for p in sorted(folder.iterdir()) if p.is_dir() and p.name.startswith(PREFIX)]
+    return sorted(
+        p.name[len(PREFIX) : -len(SUFFIX)]
+        for p in folder.iterdir()
+        if p.name.startswith(PREFIX) and p.name.endswith(SUFFIX)
+    )
 
 
-def remove_stale_temp(root: str | Path) -> int:
-    """Delete the temp folders that crashed writers left under ``root``; returns how many."""
+def remove_stale_temp(root: str | Path, older_than_s: float = 0.0) -> int:
+    """Delete temp files that crashed writers left under ``root`` (older than ``older_than_s``)."""
     folder = Path(root)
-    stale = [p for p in folder.iterdir() if p.name.startswith(TMP_PREFIX)] if folder.is_dir() else []
-    for p in stale:
-        shutil.rmtree(p, ignore_errors=True)
-    return len(stale)
+    if not folder.is_dir():
+        return 0
+    now, n = time.time(), 0
+    for p in folder.iterdir():
+        if p.name.startswith(TMP_PREFIX):
+            try:
+                if now - p.stat().st_mtime >= older_than_s:
+                    p.unlink()
+                    n += 1
+            except FileNotFoundError:
+                continue
+    return n

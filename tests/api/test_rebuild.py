@@ -52,14 +52,14 @@ def test_rebuild_swaps_versions_and_searches_never_stop(ctx, samples, monkeypatc
         rebuild.submit("c")  # one rebuild at a time
 
     seen_during: list[list[int | None]] = []
-    original = rebuild._rebuild_document
+    original = rebuild._encode
 
     def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
         # While the new version is being built, search answers from the old one.
         seen_during.append([h.page for h in search.search("c", query="glacier retreat").hits])
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(rebuild, "_rebuild_document", spy)
+    monkeypatch.setattr(rebuild, "_encode", spy)
     jobs = JobService(ctx)
     jobs.rebuild = rebuild
     assert jobs.claim() == job.id
@@ -74,7 +74,7 @@ def test_rebuild_swaps_versions_and_searches_never_stop(ctx, samples, monkeypatc
         assert versions == {1: "retired", 2: "active"}
         unit_versions = set(session.scalars(select(Unit.index_version_id)))
         assert unit_versions == {collection.active_version_id}
-    assert not ctx.segments.folder(collection.id, 1).exists()
+    assert not ctx.index_root(collection.id, 1).exists()
 
 
 def test_document_ingested_during_rebuild_is_kept(ctx, samples, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -82,7 +82,7 @@ def test_document_ingested_during_rebuild_is_kept(ctx, samples, monkeypatch) -> 
     _ingest(ctx, "c", [("report.pdf", samples.pdf.read_bytes())])
     rebuild = RebuildService(ctx)
     job = rebuild.submit("c", status="running")
-    original = rebuild._rebuild_document
+    original = rebuild._encode
     calls = []
 
     def ingest_meanwhile(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -91,7 +91,7 @@ def test_document_ingested_during_rebuild_is_kept(ctx, samples, monkeypatch) -> 
         calls.append(args[1])
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(rebuild, "_rebuild_document", ingest_meanwhile)
+    monkeypatch.setattr(rebuild, "_encode", ingest_meanwhile)
     assert rebuild.run_job(job.id).status == "succeeded"
     assert calls == ["report.pdf", "late.pdf"]  # the late document was picked up before the swap
     hits = SearchService(ctx).search("c", query="espresso croissant", top_k=1).hits

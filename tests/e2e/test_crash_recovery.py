@@ -117,12 +117,18 @@ def _check_visible_state(ctx: ServiceContext) -> dict[str, int]:
     assert set(by_doc) >= set(ready.values())
     for doc_id in ready.values():
         assert sorted(u.page for u in by_doc[doc_id]) == [1, 2, 3]  # complete: every page
-        stored = ctx.segments.read(collection.id, number, doc_id).vectors  # readable, right length
-        assert stored.shape[0] == sum(u.n_patches for u in by_doc[doc_id])
-        assert np.isfinite(np.asarray(stored, dtype=np.float32)).all()
-    cached = search._index(collection)
-    visible_docs = set(cached.doc_ids.tolist())
-    assert visible_docs == set(ready.values())  # units of pending / failed documents are not visible
+        snap = ctx.index(collection.id, number, version.dim, version.compression).snapshot()
+        for u in by_doc[doc_id]:  # readable, the right length, exactly once in the live segments
+            bag = snap.unit_bag(doc_id, u.ordinal)
+            assert bag is not None and bag.vectors.shape[0] == u.n_patches
+            assert np.isfinite(bag.vectors.numpy()).all()
+    live: dict[tuple[int, int], int] = {}
+    for r, deleted in zip(snap.readers, snap.deleted, strict=True):
+        for d, o in zip(r.doc_ids[~deleted].tolist(), r.ordinals[~deleted].tolist(), strict=True):
+            live[(d, o)] = live.get((d, o), 0) + 1
+    assert all(n == 1 for n in live.values())  # a re-run after a crash never indexes a unit twice
+    for path in snap.readers:
+        assert path.file.path.exists()
     for filename, doc_id in ready.items():
         doc = int(filename.split("-")[1].split(".")[0])
         hits = search.search("c", query=f"d{doc}p1", top_k=1).hits

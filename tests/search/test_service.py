@@ -1,4 +1,5 @@
-"""SearchService on the three-stage retriever: FAISS stage 1, saved derived parts, immediate deletes."""
+"""SearchService on the index engine: FAISS / dense stage 1 from the fitted state, derived parts written
+with each segment, immediate deletes."""
 
 from __future__ import annotations
 
@@ -20,15 +21,31 @@ def ctx(tmp_path):  # type: ignore[no-untyped-def]
     ctx.close()
 
 
-@pytest.mark.parametrize(
-    "compression", [{"quantizer": "kmeans", "kmeans_k": 16}, {"quantizer": "binary"}, {}]
-)
-def test_faiss_stage1_answers_like_the_exact_scan(ctx, compression, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """Above the size threshold the service searches through FAISS lists (from the k-means codes, or
-    from coarse centroids of its own for other codecs) and finds what the exact scan finds."""
-    import patchseek.api.services.search as search_module
+@pytest.fixture
+def small_thresholds(monkeypatch):  # type: ignore[no-untyped-def]
+    """Scale the engine's size rules down to a 16-page collection: FAISS / dense stage 1 from 4 units,
+    a fitted state once 4 units (and one vector per centroid) are in."""
+    import patchseek.search.engine as engine_module
 
-    monkeypatch.setattr(search_module, "EXACT_UNITS", 4)  # 16 pages: FAISS by default
+    monkeypatch.setattr(engine_module, "EXACT_THRESHOLD", 4)
+    monkeypatch.setattr(engine_module, "DENSE_FIT_UNITS", 4)
+    monkeypatch.setattr(engine_module, "MIN_FIT_POINTS", 1)
+
+
+def _parts(ctx) -> set[str]:  # type: ignore[no-untyped-def]
+    snap = ctx.index(1, 1, 128, None).snapshot()
+    return {k for r in snap.readers for k in r.file.parts}
+
+
+@pytest.mark.parametrize(
+    "compression", [{"quantizer": "kmeans", "kmeans_k": 16, "keep": "float16"}, {"quantizer": "binary"}, {}]
+)
+def test_faiss_stage1_answers_like_the_exact_scan(ctx, compression, small_thresholds) -> None:  # type: ignore[no-untyped-def]
+    """Above the size threshold the service searches through FAISS lists (from the k-means codes, or
+    from coarse centroids of the fitted state for other codecs), or the dense summary rows without a
+    codec, and finds what the exact scan finds; every derived part was written with the segment."""
+    from patchseek.search.engine import REGISTRY
+
     CollectionService(ctx).create("c", compression=compression)
     ingest = IngestService(ctx)
     first, second = _pdf(TOPICS), _pdf([t.upper() for t in TOPICS])
@@ -39,45 +56,33 @@ def test_faiss_stage1_answers_like_the_exact_scan(ctx, compression, monkeypatch)
         auto = search.search("c", query=query, top_k=3)
         exact = search.search("c", query=query, top_k=3, stage1="exact")
         assert [h.unit_id for h in auto.hits][:1] == [h.unit_id for h in exact.hits][:1]
-    cached = search._cache[1]
-    # Without a codec, auto scans each unit's dense summary rows; with one, it probes the FAISS lists.
-    assert cached.retriever.generator is not None
-    assert cached.retriever.stage1_kind() == ("faiss" if compression else "dense")
+    snap = ctx.index(1, 1, 128, None).snapshot()
+    assert snap.state is not None  # fitted at the publish that made the rule hold
+    assert snap.stage1_kind() == ("faiss" if compression else "dense")
     for topic in TOPICS:  # the FAISS lists answer too when asked for
         query = " ".join(topic.split()[:2])
         forced = search.search("c", query=query, top_k=3, stage1="faiss")
         assert (
             forced.hits[0].unit_id == search.search("c", query=query, top_k=3, stage1="exact").hits[0].unit_id
         )
-    version_dir = ctx.segments.folder(1, 1)
-    parts = {p.name.split(".")[1] for p in version_dir.glob("doc-*.npy")}
+    parts = _parts(ctx)
     if compression:
-        assert "codes" in parts  # saved once, reused by the next process
-    if compression.get("quantizer") != "kmeans":
-        assert "coarse" in parts and (version_dir / "ivf" / "centroids.npy").exists()
-    if not compression:  # no codec: stage 2 scores each unit's patches pooled per coarse centroid
-        assert {"pooled", "pooled_spans", "dense"} <= parts
-        assert cached.retriever.dense is not None and cached.retriever.dense.n_units == cached.n_units
-        retriever = cached.retriever
-        assert retriever.compressor is not None and retriever.compressor.quantizer.kind == "none"
-        assert 0 < int(retriever.offsets[-1]) < int(retriever.vectors.lengths.sum())
-        saved = {p: p.stat().st_mtime_ns for p in version_dir.glob("doc-*.*.npy") if "vectors" not in p.name}
-        again = SearchService(ctx)  # a fresh process reads the saved rows instead of pooling again
-        hits = again.search("c", query=" ".join(TOPICS[0].split()[:2]), top_k=3).hits
-        assert (
-            hits[0].unit_id
-            == search.search("c", query=" ".join(TOPICS[0].split()[:2]), top_k=3).hits[0].unit_id
-        )
-        assert {
-            p: p.stat().st_mtime_ns for p in version_dir.glob("doc-*.*.npy") if "vectors" not in p.name
-        } == saved
+        assert "codes" in parts
+    if compression.get("quantizer") == "binary":  # keep='none': the codes are all that is stored
+        assert "vectors" not in parts and "coarse" in parts
+    if not compression:
+        assert {"coarse", "dense", "vectors"} <= parts
+    files = {p: p.stat().st_mtime_ns for p in ctx.index_root(1, 1).iterdir()}
+    REGISTRY.drop(ctx.index_root(1, 1))  # a fresh process opens the same segments, computes nothing
+    again = SearchService(ctx).search("c", query=" ".join(TOPICS[0].split()[:2]), top_k=3).hits
+    assert (
+        again[0].unit_id == search.search("c", query=" ".join(TOPICS[0].split()[:2]), top_k=3).hits[0].unit_id
+    )
+    assert {p: p.stat().st_mtime_ns for p in ctx.index_root(1, 1).iterdir()} == files
 
 
-def test_deleted_document_leaves_results_at_once(ctx, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import patchseek.api.services.search as search_module
-
-    monkeypatch.setattr(search_module, "EXACT_UNITS", 4)
-    CollectionService(ctx).create("c", compression={"quantizer": "kmeans", "kmeans_k": 16})
+def test_deleted_document_leaves_results_at_once(ctx, small_thresholds) -> None:  # type: ignore[no-untyped-def]
+    CollectionService(ctx).create("c", compression={"quantizer": "kmeans", "kmeans_k": 16, "keep": "float16"})
     ingest = IngestService(ctx)
     job = ingest.run_job(ingest.submit("c", [("a.pdf", _pdf(TOPICS)), ("b.pdf", _pdf(TOPICS[::-1]))]).id)
     doc_a = next(d["document_id"] for d in job.result["documents"] if d["filename"] == "a.pdf")
@@ -89,20 +94,23 @@ def test_deleted_document_leaves_results_at_once(ctx, monkeypatch) -> None:  # t
     assert after and doc_a not in {h.document_id for h in after}
     only_a = search.search("c", query="glacier retreat", top_k=5, document_ids=[doc_a]).hits
     assert only_a == []
+    manifest = ctx.index(1, 1, 128, None).snapshot().manifest
+    assert any(doc_a in t for t in manifest.tombstones.values())  # persisted for the merge
 
 
-def test_forced_faiss_on_a_small_collection_and_bad_stage1(ctx) -> None:  # type: ignore[no-untyped-def]
+def test_small_collections_are_scanned_exactly_and_bad_stage1(ctx) -> None:  # type: ignore[no-untyped-def]
     CollectionService(ctx).create("c")
     ingest = IngestService(ctx)
     ingest.run_job(ingest.submit("c", [("a.pdf", _pdf(TOPICS))], status="running").id)
     search = SearchService(ctx)
     exact = search.search("c", query="volcanic eruption", top_k=2)
-    forced = search.search("c", query="volcanic eruption", top_k=2, stage1="faiss")
-    assert forced.hits[0].unit_id == exact.hits[0].unit_id and forced.hits[0].page == 4
+    assert exact.hits[0].page == 4
     with pytest.raises(InvalidInputError):
         search.search("c", query="volcanic eruption", stage1="hnsw")
-    with pytest.raises(InvalidInputError, match="no dense stage-1 rows"):  # small: scanned exactly
+    with pytest.raises(InvalidInputError, match="no dense stage-1 rows"):  # too small to fit its state
         search.search("c", query="volcanic eruption", stage1="dense")
+    with pytest.raises(InvalidInputError, match="no FAISS stage-1 lists"):
+        search.search("c", query="volcanic eruption", stage1="faiss")
 
 
 def test_metadata_filters_match_values_of_the_same_json_type() -> None:
@@ -119,23 +127,17 @@ def test_metadata_filters_match_values_of_the_same_json_type() -> None:
         metadata_matches(meta, {"team": ["design"]})
 
 
-def test_jobs_save_the_search_parts_before_the_first_query(ctx, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """A worker that finishes an ingest job computes the derived parts (coarse ids, pooled and dense
-    rows); the first search then only reads them."""
-    import patchseek.api.services.search as search_module
-
-    monkeypatch.setattr(search_module, "EXACT_UNITS", 4)
+def test_jobs_write_every_search_part_before_the_first_query(ctx, small_thresholds) -> None:  # type: ignore[no-untyped-def]
+    """A worker's ingest job writes segments with every derived part (coarse ids, dense rows); the
+    first search only reads them: no file of the index changes."""
     CollectionService(ctx).create("c")
     job = IngestService(ctx).submit("c", [("a.pdf", _pdf(TOPICS)), ("b.pdf", _pdf(TOPICS[::-1]))])
     jobs = JobService(ctx)
     assert jobs.claim() == job.id
     jobs.run(job.id)
     assert jobs.get(job.id).status == "succeeded"
-    version_dir = ctx.segments.folder(1, 1)
-    saved = {p: p.stat().st_mtime_ns for p in version_dir.glob("doc-*.*.npy") if "vectors" not in p.name}
-    assert {p.name.split(".")[1] for p in saved} >= {"coarse", "pooled", "pooled_spans", "dense"}
+    assert {"coarse", "dense"} <= _parts(ctx)
+    files = {p: p.stat().st_mtime_ns for p in ctx.index_root(1, 1).iterdir()}
     hits = SearchService(ctx).search("c", query="glacier retreat", top_k=3).hits
     assert hits and hits[0].text and "glacier" in hits[0].text.lower()
-    assert {
-        p: p.stat().st_mtime_ns for p in version_dir.glob("doc-*.*.npy") if "vectors" not in p.name
-    } == saved
+    assert {p: p.stat().st_mtime_ns for p in ctx.index_root(1, 1).iterdir()} == files

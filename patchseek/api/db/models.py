@@ -75,6 +75,9 @@ class Document(Base):
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     n_units: Mapped[int] = mapped_column(Integer, default=0)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    # The index segment the document's units were written into by the transaction that made it ready
+    # (merges later move the rows; the manifest is where they are now).
+    segment: Mapped[str | None] = mapped_column(String(64), nullable=True)
     job_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -108,8 +111,9 @@ class Unit(Base):
     height: Mapped[int] = mapped_column(Integer)
     grid_rows: Mapped[int] = mapped_column(Integer)
     grid_cols: Mapped[int] = mapped_column(Integer)
-    # Where the unit's patch vectors live: rows [patch_offset, patch_offset + n_patches) of its
-    # document's segment file.
+    # The unit's patch vectors live in its index version's segments, keyed by (document_id, ordinal);
+    # ``n_patches`` is their count. ``patch_offset`` is the row offset in a pre-0.2 per-document file
+    # (read once by the data-dir migration), 0 otherwise.
     patch_offset: Mapped[int] = mapped_column(Integer)
     n_patches: Mapped[int] = mapped_column(Integer)
     image_blob: Mapped[str] = mapped_column(String(64))
@@ -117,6 +121,8 @@ class Unit(Base):
     text: Mapped[str] = mapped_column(Text, default="")
 
     document: Mapped[Document] = relationship(back_populates="units")
+
+    __table_args__ = (Index("ix_units_version_document", "index_version_id", "document_id", "ordinal"),)
 
 
 class Job(Base):

@@ -2,12 +2,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, status
 
-from patchseek.api.deps import CollectionServiceDep, PrincipalDep, RebuildServiceDep
+from patchseek.api.deps import CollectionServiceDep, PrincipalDep, RebuildServiceDep, SearchServiceDep
 from patchseek.api.routers._views import job_public
 from patchseek.api.schemas import (
     CollectionCreate,
     CollectionPublic,
     CollectionUpdate,
+    IndexStats,
     JobPublic,
     RebuildRequest,
 )
@@ -50,8 +51,11 @@ def list_collections(service: CollectionServiceDep, principal: PrincipalDep) -> 
 
 
 @router.get("/{name}", response_model=CollectionPublic)
-def get_collection(name: str, service: CollectionServiceDep) -> CollectionPublic:
-    return _public(service.get(name))
+def get_collection(name: str, service: CollectionServiceDep, search: SearchServiceDep) -> CollectionPublic:
+    """A collection with its counts and its index's cost: segments, fitted state, bytes per page."""
+    public = _public(service.get(name))
+    public.index = IndexStats(**search.stats(name))
+    return public
 
 
 @router.patch("/{name}", response_model=CollectionPublic)

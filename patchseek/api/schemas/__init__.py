@@ -34,6 +34,21 @@ class CollectionUpdate(BaseModel):
     description: str | None = Field(default=None, max_length=4096)
 
 
+class IndexStats(BaseModel):
+    """The active index version as the engine holds it: what a page costs, on disk and in RAM."""
+
+    generation: int
+    segments: int
+    units: int
+    rows: int
+    state: str | None = Field(description="fitted codec / stage-1 state; null while scored exactly")
+    fit: dict[str, Any] = Field(description="what the fit saw: vectors, sample, rule, coarse_k")
+    disk_bytes: dict[str, int] = Field(description="bytes on disk by part (vectors, codes, dense, ...)")
+    ram_bytes: dict[str, int] = Field(description="bytes resident in RAM by part (dense rows, IVF lists)")
+    disk_bytes_per_unit: float
+    ram_bytes_per_unit: float
+
+
 class CollectionPublic(BaseModel):
     name: str
     description: str
@@ -42,6 +57,7 @@ class CollectionPublic(BaseModel):
     documents: int
     units: int
     created_at: datetime
+    index: IndexStats | None = Field(default=None, description="index engine figures (GET of one collection)")
 
 
 class DocumentPublic(BaseModel):

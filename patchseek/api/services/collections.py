@@ -135,4 +135,4 @@ class CollectionService:
             if active:
                 raise ConflictError(f"collection {name!r} has a running job; wait for it or cancel it")
             session.delete(collection)
-        self.ctx.segments.drop_collection(collection_id)
+        self.ctx.drop_index(collection_id)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from patchseek.api.db.session import Database
 from patchseek.config import Settings
 from patchseek.errors import InvalidInputError
 from patchseek.indexer.blobs import BlobStore
+from patchseek.indexer.compress import CompressionConfig
 from patchseek.indexer.encoders import Encoder, load_encoder
 from patchseek.indexer.sources import ReadOptions
-from patchseek.search.store import SegmentStore
+from patchseek.search.engine import REGISTRY, IndexEngine
 
 
 @dataclass
@@ -21,19 +25,23 @@ class ServiceContext:
     settings: Settings
     db: Database
     blobs: BlobStore
-    segments: SegmentStore
     _encoders: dict[str, Encoder] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, upgrade: bool = True) -> ServiceContext:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        return cls(
+        ctx = cls(
             settings=settings,
             db=Database(settings.resolved_database_url, upgrade=upgrade),
             blobs=BlobStore(settings.blob_dir),
-            segments=SegmentStore(settings.segment_dir),
         )
+        if upgrade:  # a data dir of patchseek 0.1 (per-document files) is converted once, here
+            from patchseek.api.services.migrate import legacy_folders, migrate_legacy
+
+            if legacy_folders(settings.segment_dir):
+                migrate_legacy(ctx)
+        return ctx
 
     @property
     def read_options(self) -> ReadOptions:
@@ -45,6 +53,34 @@ class ServiceContext:
             video_interval=s.video_interval,
             video_max_frames=s.video_max_frames,
         )
+
+    def index_root(self, collection_id: int, version_number: int) -> Path:
+        """The folder of one index version: ``<segment_dir>/<collection id>/v<number>``."""
+        return self.settings.segment_dir / str(int(collection_id)) / f"v{int(version_number)}"
+
+    def index(
+        self, collection_id: int, version_number: int, dim: int, compression: dict | None
+    ) -> IndexEngine:
+        """The process-wide ``IndexEngine`` of one index version (opened once, shared by all threads)."""
+        on_gpu = self.settings.device != "cpu" and _cuda_available()
+        return REGISTRY.get(
+            self.index_root(collection_id, version_number),
+            dim,
+            CompressionConfig.from_dict(compression or {}),
+            device="cuda" if on_gpu else "cpu",
+        )
+
+    def version_index(self, version: Any) -> IndexEngine:
+        """The engine of an ``IndexVersion`` row."""
+        return self.index(version.collection_id, version.number, version.dim, version.compression)
+
+    def drop_index(self, collection_id: int, version_number: int | None = None) -> None:
+        """Forget and delete an index version's folder (or every version of a collection)."""
+        folder = self.settings.segment_dir / str(int(collection_id))
+        if version_number is not None:
+            folder = folder / f"v{int(version_number)}"
+        REGISTRY.drop_under(folder)
+        shutil.rmtree(folder, ignore_errors=True)
 
     def encoder(self, spec: str | None = None) -> Encoder:
         """The encoder for ``spec`` (a collection's recorded encoder); loaded once per process."""
@@ -60,3 +96,9 @@ class ServiceContext:
 
     def close(self) -> None:
         self.db.dispose()
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())

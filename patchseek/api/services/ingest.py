@@ -1,21 +1,20 @@
-"""Ingestion: uploads become documents, documents become units and segment rows, in one commit.
+"""Ingestion: uploads become documents, documents become units in a segment of the index, in one commit.
 
-A document is invisible to search until the transaction that inserts its units and bumps the
-collection's generation commits; segment files are written before that. A failure (corrupt, encrypted,
+A document is invisible to search until the transaction that inserts its units, marks it ready, records
+its segment and bumps the collection's generation commits; the segment is written and published before
+that (searches show ready documents only). A failure (corrupt, encrypted,
 unsupported file, or an unexpected error) marks that one document failed with a code and a message;
 the rest of the job goes on and nothing of the failed document is visible.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from PIL import Image
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -30,13 +29,24 @@ from patchseek.errors import (
     PatchseekError,
     PayloadTooLargeError,
 )
-from patchseek.indexer.compress import CompressionConfig, Compressor
-from patchseek.indexer.sources import read_units
-from patchseek.types import PatchBag, SourceUnit
+from patchseek.indexer.compress import CompressionConfig
+from patchseek.indexer.pipeline import EncodedDocument, encode_document, write_documents
+from patchseek.types import PatchBag
 
 log = logging.getLogger(__name__)
 
 DocumentProgress = Callable[[str, int], None]  # (filename, units done)
+FLUSH_ROWS = 1 << 18  # patch rows buffered (~64 MB float16 at 128-d) before they become a segment
+
+
+@dataclass(frozen=True)
+class _Encoded:
+    document_id: int
+    filename: str
+    key: str
+    collection_id: int
+    version: IndexVersion
+    encoded: EncodedDocument
 
 
 @dataclass(frozen=True)
@@ -54,15 +64,6 @@ class DocumentResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _encode_image(image: Image.Image, *, max_side: int | None = None, quality: int = 90) -> bytes:
-    if max_side is not None:
-        image = image.copy()
-        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    buf = io.BytesIO()
-    image.convert("RGB").save(buf, format="JPEG", quality=quality, optimize=True)
-    return buf.getvalue()
 
 
 class IngestService:
@@ -154,32 +155,62 @@ class IngestService:
     # -- processing -------------------------------------------------------------------------------
 
     def run_job(self, job_id: int, progress: DocumentProgress | None = None) -> Job:
-        """Ingest every pending document of a claimed job, recording per-document results."""
+        """Ingest every pending document of a claimed job, recording per-document results.
+
+        Documents are encoded one by one (a failure fails that document alone) and buffered; every
+        ``FLUSH_ROWS`` patch rows, and at the end, the buffer becomes one segment of the collection's
+        index, published and then made visible by one database transaction (``_publish``). A job of
+        small files therefore writes one segment.
+        """
         with self.ctx.db.session() as session:
             job = session.get(Job, job_id)
             if job is None:
                 raise NotFoundError(f"job {job_id} does not exist")
             document_ids = list(job.payload.get("document_ids", []))
-        for document_id in document_ids:
-            with self.ctx.db.session() as session:
-                job = session.get(Job, job_id)
-                if job is None or job.status == "cancelled":
-                    break
-                doc = session.get(Document, document_id)
-                if doc is None or doc.status != "pending":
+        beat = self._with_heartbeat(job_id, progress)
+        pending: list[_Encoded] = []
+        queue = list(document_ids)
+        retries = 0
+        cancelled = False
+        while queue or pending:
+            if queue:
+                document_id = queue.pop(0)
+                with self.ctx.db.session() as session:
+                    job = session.get(Job, job_id)
+                    if job is None or job.status == "cancelled":
+                        cancelled = True
+                        queue = []
+                        continue
+                    doc = session.get(Document, document_id)
+                    if doc is None or doc.status != "pending":
+                        continue
+                item = self._encode(document_id, beat)
+                if isinstance(item, DocumentResult):
+                    self._record(job_id, [item])
                     continue
-            result = self.ingest_document(document_id, progress=self._with_heartbeat(job_id, progress))
-            with self.ctx.db.session() as session:
-                job = session.get(Job, job_id)
-                if job is None:
-                    break
-                job.result = {"documents": [*job.result.get("documents", []), result.to_dict()]}
-                job.progress = job.progress + 1
-                job.heartbeat_at = utcnow()
+                pending.append(item)
+                if sum(p.encoded.n_rows for p in pending) < FLUSH_ROWS and queue:
+                    continue
+            if not pending:
+                continue
+            results, again = self._publish(pending)
+            pending = []
+            self._record(job_id, results)
+            if again:  # a rebuild swapped versions meanwhile: encode those again for the new one
+                retries += 1
+                if retries > 3:
+                    conflict = ConflictError("the index version kept changing during ingestion; upload again")
+                    self._record(
+                        job_id, [self._fail(d, "", None, conflict.code, str(conflict)) for d in again]
+                    )
+                else:
+                    queue = again + queue
         with self.ctx.db.session() as session:
             job = session.get(Job, job_id)
             if job is None:
                 raise NotFoundError(f"job {job_id} was deleted while it ran")
+            if cancelled:
+                job.status = "cancelled"
             if job.status != "cancelled":
                 statuses = [d["status"] for d in job.result.get("documents", [])]
                 failed = statuses.count("failed")
@@ -193,6 +224,20 @@ class IngestService:
                     doc.status, doc.error, doc.error_code = "failed", "the job was cancelled", "cancelled"
             job.finished_at = utcnow()
             return job
+
+    def _record(self, job_id: int, results: list[DocumentResult]) -> None:
+        if not results:
+            return
+        with self.ctx.db.session() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                return
+            job.result = {"documents": [*job.result.get("documents", []), *(r.to_dict() for r in results)]}
+            job.progress = job.progress + len(results)
+            job.heartbeat_at = utcnow()
+        for r in results:
+            metrics.DOCUMENTS_INGESTED.labels(r.status).inc()
+            metrics.UNITS_INGESTED.inc(r.n_units)
 
     def _with_heartbeat(self, job_id: int, progress: DocumentProgress | None) -> DocumentProgress:
         """Wrap a progress callback so the job's heartbeat is refreshed (at most every 10 s)."""
@@ -208,90 +253,118 @@ class IngestService:
 
         return beat
 
-    def ingest_document(self, document_id: int, progress: DocumentProgress | None = None) -> DocumentResult:
+    def _encode(self, document_id: int, progress: DocumentProgress | None) -> _Encoded | DocumentResult:
+        """Read and encode one pending document for the active index version, or its failure."""
         start = time.perf_counter()
-        result = self._ingest_document(document_id, progress)
-        metrics.INGEST_SECONDS.inc(time.perf_counter() - start)
-        metrics.DOCUMENTS_INGESTED.labels(result.status).inc()
-        metrics.UNITS_INGESTED.inc(result.n_units)
-        return result
-
-    def _ingest_document(self, document_id: int, progress: DocumentProgress | None = None) -> DocumentResult:
-        """Read, encode and publish one pending document; failures are recorded on the document.
-
-        The units are written into the collection's active index version. If a rebuild swapped in a new
-        version while this document was being encoded, it is encoded again for the new one, so no
-        committed document is ever missing from the searchable version.
-        """
         with self.ctx.db.session() as session:
             doc = session.get(Document, document_id)
             if doc is None:
                 raise NotFoundError(f"document {document_id} does not exist")
             filename, key, collection_id = doc.filename, doc.sha256, doc.collection_id
-        media_type: str | None = None
+            collection = session.get(Collection, collection_id)
+            if collection is None:
+                raise NotFoundError("the collection was deleted during ingestion")
+            version = active_version(session, collection)
+            session.expunge(version)
         try:
-            for _attempt in range(3):
-                with self.ctx.db.session() as session:
-                    collection = session.get(Collection, collection_id)
-                    if collection is None:
-                        raise NotFoundError("the collection was deleted during ingestion")
-                    version = active_version(session, collection)
-                    session.expunge(version)
-                media_type, rows, bags = self.encode_source(key, version, progress, filename)
-                spans = self.ctx.segments.write(collection_id, version.number, document_id, bags)
-                with self.ctx.db.session() as session:
-                    # Lock the collection row: a rebuild's swap and this publish never interleave.
-                    collection = session.scalar(
-                        select(Collection).where(Collection.id == collection_id).with_for_update()
-                    )
-                    doc = session.get(Document, document_id)
-                    if collection is None or doc is None:
-                        raise NotFoundError(f"document {document_id} was deleted during ingestion")
-                    if collection.active_version_id != version.id:
-                        continue  # a rebuild swapped versions meanwhile: encode for the new one
-                    twin = session.scalar(
-                        select(Document.id).where(
-                            Document.collection_id == collection_id,
-                            Document.sha256 == key,
-                            Document.status == "ready",
-                            Document.id != document_id,
-                        )
-                    )
-                    if twin is not None:
-                        # The same bytes were published meanwhile (a concurrent upload, or a re-run
-                        # after a crash): this copy is dropped instead of indexed twice.
-                        session.delete(doc)
-                    else:
-                        add_units(session, collection_id, version.id, document_id, rows, spans)
-                        doc.status, doc.n_units, doc.media_type = "ready", len(rows), media_type
-                        doc.error = doc.error_code = None
-                        collection.generation += 1
-                    duplicate_of = None if twin is None else int(twin)
-                if duplicate_of is not None:
-                    self.ctx.segments.delete_document(collection_id, document_id)
-                    return DocumentResult(
-                        filename,
-                        "duplicate",
-                        None,
-                        0,
-                        media_type,
-                        "the same bytes are already in this collection",
-                        "duplicate",
-                        duplicate_of,
-                    )
-                return DocumentResult(filename, "ready", document_id, len(rows), media_type)
-            raise ConflictError("the index version kept changing during ingestion; upload the file again")
+            encoded = self.encode_source(key, version, progress, filename)
         except PatchseekError as exc:
-            return self._fail(document_id, filename, media_type, exc.code, str(exc))
+            return self._fail(document_id, filename, None, exc.code, str(exc))
         except Exception as exc:  # one bad file must not stop the batch
             log.exception("unexpected error while ingesting %s", filename)
             return self._fail(
                 document_id,
                 filename,
-                media_type,
+                None,
                 "internal_error",
                 f"unexpected error: {type(exc).__name__}: {exc}",
             )
+        finally:
+            metrics.INGEST_SECONDS.inc(time.perf_counter() - start)
+        return _Encoded(document_id, filename, key, collection_id, version, encoded)
+
+    def _publish(self, items: list[_Encoded]) -> tuple[list[DocumentResult], list[int]]:
+        """Write ``items`` (one index version) as one segment, publish it, then make the documents
+        visible in one transaction that records the segment. Returns the results and the documents to
+        encode again (their version was swapped out meanwhile)."""
+        version = items[0].version
+        assert all(i.version.id == version.id for i in items)
+        engine = self.ctx.version_index(version)
+        segment = write_documents(engine, [(i.document_id, i.encoded) for i in items])
+        # Published before the commit: until it, the documents are pending and no search shows them;
+        # a crash in between leaves rows that the re-run replaces (publish is an upsert per document).
+        engine.publish([segment])
+        results: list[DocumentResult] = []
+        again: list[int] = []
+        dropped: list[int] = []
+        with self.ctx.db.session() as session:
+            # Lock the collection row: a rebuild's swap and this publish never interleave.
+            collection = session.scalar(
+                select(Collection).where(Collection.id == version.collection_id).with_for_update()
+            )
+            for item in items:
+                doc = session.get(Document, item.document_id)
+                if collection is None or doc is None:
+                    dropped.append(item.document_id)
+                    continue
+                if collection.active_version_id != version.id:
+                    again.append(item.document_id)
+                    continue
+                twin = session.scalar(
+                    select(Document.id).where(
+                        Document.collection_id == item.collection_id,
+                        Document.sha256 == item.key,
+                        Document.status == "ready",
+                        Document.id != item.document_id,
+                    )
+                )
+                if twin is not None:
+                    # The same bytes were published meanwhile (a concurrent upload, or a re-run after a
+                    # crash): this copy is dropped instead of indexed twice.
+                    session.delete(doc)
+                    dropped.append(item.document_id)
+                    results.append(
+                        DocumentResult(
+                            item.filename,
+                            "duplicate",
+                            None,
+                            0,
+                            item.encoded.media_type,
+                            "the same bytes are already in this collection",
+                            "duplicate",
+                            int(twin),
+                        )
+                    )
+                    continue
+                add_units(
+                    session,
+                    item.collection_id,
+                    version.id,
+                    item.document_id,
+                    item.encoded.rows,
+                    item.encoded.bags,
+                )
+                doc.status, doc.n_units, doc.media_type = (
+                    "ready",
+                    len(item.encoded.rows),
+                    item.encoded.media_type,
+                )
+                doc.error = doc.error_code = None
+                doc.segment = segment
+                results.append(
+                    DocumentResult(
+                        item.filename,
+                        "ready",
+                        item.document_id,
+                        len(item.encoded.rows),
+                        item.encoded.media_type,
+                    )
+                )
+            if collection is not None and any(r.status == "ready" for r in results):
+                collection.generation += 1
+        if dropped or again:
+            engine.delete_documents(dropped + again)
+        return results, again
 
     def encode_source(
         self,
@@ -299,62 +372,25 @@ class IngestService:
         version: IndexVersion,
         progress: DocumentProgress | None = None,
         filename: str = "",
-    ) -> tuple[str, list[dict[str, Any]], list[PatchBag]]:
-        """Read a stored file and encode its units with ``version``'s encoder.
-
-        Returns the media type, one row of unit metadata per unit (images stored as blobs) and the bags.
-        """
-        data = self.ctx.blobs.get(key)
-        media_type, units = read_units(data, self.ctx.read_options)
+    ) -> EncodedDocument:
+        """Read a stored file and encode its units with ``version``'s encoder (the pipeline's first
+        stages); unit images are stored as blobs."""
         encoder = self.ctx.encoder(version.encoder)
         if encoder.dim != version.dim:
             raise ConflictError(
                 f"the encoder now gives {encoder.dim}-d vectors but the index holds {version.dim}-d ones; "
                 "rebuild the collection"
             )
-        rows: list[dict[str, Any]] = []
-        bags: list[PatchBag] = []
-        batch: list[SourceUnit] = []
-        # Encode in small batches so a long PDF or video never holds all its images in memory.
-        batch_size = max(1, self.ctx.settings.batch_size)
-        for unit in units:
-            batch.append(unit)
-            if len(batch) >= batch_size:
-                self._encode_batch(encoder, batch, rows, bags)
-                batch = []
-                if progress is not None:
-                    progress(filename, len(rows))
-        if batch:
-            self._encode_batch(encoder, batch, rows, bags)
-            if progress is not None:
-                progress(filename, len(rows))
-        if not rows:
-            raise InvalidInputError("the file has no pages or frames")
-        rows, bags = compress_units(CompressionConfig.from_dict(version.compression), media_type, rows, bags)
-        return media_type, rows, bags
-
-    def _encode_batch(
-        self, encoder: Any, batch: list[SourceUnit], rows: list[dict[str, Any]], bags: list[PatchBag]
-    ) -> None:
-        size = self.ctx.settings.thumbnail_size
-        for unit, bag in zip(batch, encoder.encode_units(batch), strict=True):
-            rows.append(
-                {
-                    "ordinal": len(rows),
-                    "kind": unit.kind,
-                    "page": unit.page,
-                    "t_start": unit.t_start,
-                    "t_end": unit.t_end,
-                    "width": unit.image.width,
-                    "height": unit.image.height,
-                    "grid_rows": bag.grid[0],
-                    "grid_cols": bag.grid[1],
-                    "image_blob": self.ctx.blobs.put(_encode_image(unit.image)),
-                    "thumb_blob": self.ctx.blobs.put(_encode_image(unit.image, max_side=size, quality=80)),
-                    "text": bag.text or unit.text,
-                }
-            )
-            bags.append(bag)
+        return encode_document(
+            self.ctx.blobs.get(key),
+            encoder=encoder,
+            read_options=self.ctx.read_options,
+            compression=CompressionConfig.from_dict(version.compression),
+            blobs=self.ctx.blobs,
+            batch_size=self.ctx.settings.batch_size,
+            thumbnail_size=self.ctx.settings.thumbnail_size,
+            progress=None if progress is None else (lambda n: progress(filename, n)),
+        )
 
     def _fail(
         self, document_id: int, filename: str, media_type: str | None, code: str, message: str
@@ -363,6 +399,7 @@ class IngestService:
             doc = session.get(Document, document_id)
             if doc is not None:
                 doc.status, doc.error, doc.error_code, doc.media_type = "failed", message, code, media_type
+                filename = filename or doc.filename
         return DocumentResult(filename, "failed", document_id, 0, media_type, message, code)
 
     # -- documents --------------------------------------------------------------------------------
@@ -374,10 +411,13 @@ class IngestService:
             doc = session.get(Document, document_id)
             if doc is None or doc.collection_id != collection.id:
                 raise NotFoundError(f"document {document_id} is not in collection {collection_name!r}")
+            version = active_version(session, collection)
+            session.expunge(version)
             session.delete(doc)
             collection.generation += 1
-            collection_id = collection.id
-        self.ctx.segments.delete_document(collection_id, document_id)
+        # Invisible from the commit on (searches show ready documents only); the tombstone lets a merge
+        # drop its rows.
+        self.ctx.version_index(version).delete_documents([document_id])
 
 
 def validate_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
@@ -394,58 +434,24 @@ def validate_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
     return metadata
 
 
-def compress_units(
-    config: CompressionConfig, media_type: str, rows: list[dict[str, Any]], bags: list[PatchBag]
-) -> tuple[list[dict[str, Any]], list[PatchBag]]:
-    """Apply the collection's pruning and merging to a document's bags before they are stored.
-
-    For video with ``video_segment_frames`` > 1, runs of consecutive frames become one ``segment`` unit
-    spanning ``t_start`` of its first frame to ``t_end`` of its last (CenterCLIP-style medoids).
-    Quantization is not applied here: the stored float16 rows stay the exact-rerank copy.
-    """
-    if config.prune == "none" and config.merge == "none" and config.video_segment_frames == 1:
-        return rows, bags
-    compressor = Compressor(config)
-    per = config.video_segment_frames
-    if media_type == "video" and per > 1:
-        out_rows: list[dict[str, Any]] = []
-        out_bags: list[PatchBag] = []
-        for start in range(0, len(rows), per):
-            chunk_rows, chunk_bags = rows[start : start + per], bags[start : start + per]
-            nonempty = [b for b in chunk_bags if b.n_patches]
-            texts = list(dict.fromkeys(r["text"] for r in chunk_rows if r["text"]))
-            row = {
-                **chunk_rows[0],
-                "kind": "segment",
-                "t_end": chunk_rows[-1]["t_end"],
-                "text": " ".join(texts),
-            }
-            row["ordinal"] = len(out_rows)
-            merged = compressor.compress_frames(nonempty)[0] if nonempty else chunk_bags[0]
-            out_rows.append(row)
-            out_bags.append(replace(merged, grid=chunk_bags[0].grid, text=row["text"]))
-        return out_rows, out_bags
-    out = [replace(compressor.compress_bag(b), grid=b.grid, text=b.text) if b.n_patches else b for b in bags]
-    return rows, out
-
-
 def add_units(
     session: Session,
     collection_id: int,
     version_id: int,
     document_id: int,
     rows: Sequence[dict[str, Any]],
-    spans: Sequence[tuple[int, int]],
+    bags: Sequence[PatchBag],
 ) -> None:
-    """Insert a document's unit rows for one index version (``spans`` from ``SegmentStore.write``)."""
-    for row, (offset, n) in zip(rows, spans, strict=True):
+    """Insert a document's unit rows for one index version (their vectors live in its segments, found
+    by ``(document_id, ordinal)``)."""
+    for row, bag in zip(rows, bags, strict=True):
         session.add(
             Unit(
                 document_id=document_id,
                 collection_id=collection_id,
                 index_version_id=version_id,
-                patch_offset=offset,
-                n_patches=n,
+                patch_offset=0,
+                n_patches=bag.n_patches,
                 **row,
             )
         )

@@ -109,20 +109,27 @@ class JobService:
             return
         self.prepare_search(job_id)
 
-    def prepare_search(self, job_id: int) -> None:
-        """Save the derived search parts of the job's collection now (``SearchService.prepare``), so
-        its first query does not compute them. A failure here is logged: the job's documents are
-        committed, and search computes whatever is missing itself."""
+    def prepare_search(self, job_id: int) -> int | None:
+        """Index maintenance after a job (``SearchService.prepare``: tiered merges, orphan removal);
+        queues a refit rebuild when the collection outgrew its codec's fit and returns its job id. A
+        failure here is logged: the job's documents are committed and searchable."""
         with self.ctx.db.session() as session:
             job = session.get(Job, job_id)
             collection = None if job is None else session.get(Collection, job.collection_id)
             name = None if collection is None else collection.name
         if name is None:
-            return
+            return None
         try:
-            SearchService(self.ctx).prepare(name)
+            done = SearchService(self.ctx).prepare(name)
         except Exception:
-            log.exception("preparing the search index of %r after job %s failed", name, job_id)
+            log.exception("maintaining the search index of %r after job %s failed", name, job_id)
+            return None
+        if done["refit_due"]:  # the collection outgrew its codec's fit: refit by a rebuild
+            try:
+                return int(RebuildService(self.ctx).submit(name).id)
+            except ConflictError:  # a rebuild is already queued or running
+                return None
+        return None
 
     def requeue_stale(self, max_age_seconds: float | None = None) -> int:
         """Jobs left 'running' by a process that died go back to the queue.

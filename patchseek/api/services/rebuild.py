@@ -16,10 +16,26 @@ from sqlalchemy import delete, exists, func, select
 from patchseek.api.db.models import Collection, Document, IndexVersion, Job, Unit, utcnow
 from patchseek.api.services.collections import active_version, get_collection
 from patchseek.api.services.context import ServiceContext
-from patchseek.api.services.ingest import DocumentResult, IngestService, add_units
+from patchseek.api.services.ingest import FLUSH_ROWS, DocumentResult, IngestService, add_units
 from patchseek.errors import ConflictError, NotFoundError, PatchseekError
 from patchseek.indexer.compress import CompressionConfig
+from patchseek.indexer.pipeline import EncodedDocument, write_documents
 from patchseek.types import PatchBag
+
+UNIT_COLUMNS = (
+    "ordinal",
+    "kind",
+    "page",
+    "t_start",
+    "t_end",
+    "width",
+    "height",
+    "grid_rows",
+    "grid_cols",
+    "image_blob",
+    "thumb_blob",
+    "text",
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +116,16 @@ class RebuildService:
             session.flush()
             session.expunge(new)
         results: list[dict[str, Any]] = []
+        engine = self.ctx.version_index(new)
+        source = self.ctx.version_index(old) if reuse_vectors else None
+        if source is not None and not all(r.has_rerank for r in source.snapshot().readers):
+            source = None  # keep='none': the stored codes are lossy, re-encode from the sources
         try:
             while True:
                 missing = self._missing(collection_id, new.id)
                 if not missing:
+                    # Fit the codec and stage-1 centroids once, on a sample of the whole new version.
+                    engine.fit()
                     if self._swap(collection_id, new, old_id):
                         break
                     continue
@@ -113,16 +135,23 @@ class RebuildService:
                     if job.status == "cancelled":
                         raise ConflictError("the rebuild was cancelled")
                     job.total = len(results) + len(missing)
-                for document_id, filename, key in missing:
-                    result = self._rebuild_document(
-                        document_id, filename, key, new, old_number, reuse_vectors
-                    )
-                    if result is not None:
-                        results.append(result)
+                batch: list[tuple[int, str, EncodedDocument]] = []
+                for n, (document_id, filename, key) in enumerate(missing):
+                    item = self._encode(document_id, filename, key, new, old_number, source)
+                    if isinstance(item, dict):
+                        results.append(item)
+                    else:
+                        batch.append((document_id, filename, item))
+                    if batch and (sum(e.n_rows for _, _, e in batch) >= FLUSH_ROWS or n == len(missing) - 1):
+                        results.extend(self._write(engine, new, batch))
+                        batch = []
                     with self.ctx.db.session() as session:
                         job = session.get(Job, job_id)
                         assert job is not None
                         job.progress = len(results)
+                        job.heartbeat_at = utcnow()
+                        if job.status == "cancelled":
+                            raise ConflictError("the rebuild was cancelled")
         except Exception as exc:
             # The old version stays active; the half-built one is dropped.
             self._drop_version(collection_id, new.id, new.number)
@@ -158,21 +187,15 @@ class RebuildService:
             ).all()
             return [(r.id, r.filename, r.sha256) for r in rows]
 
-    def _rebuild_document(
-        self, document_id: int, filename: str, key: str, new: IndexVersion, old_number: int, reuse: bool
-    ) -> dict[str, Any] | None:
-        """Write one document into the new version; None if it was deleted meanwhile."""
+    def _encode(
+        self, document_id: int, filename: str, key: str, new: IndexVersion, old_number: int, source: Any
+    ) -> EncodedDocument | dict[str, Any]:
+        """A document's units for the new version: its stored vectors (``source``, the old version's
+        engine) or a fresh encoding of its original bytes; a failure's result dict otherwise."""
         try:
-            if reuse:
-                rows, bags = self._stored(document_id, new.collection_id, old_number)
-            else:
-                _, rows, bags = self.ingest.encode_source(key, new, filename=filename)
-            spans = self.ctx.segments.write(new.collection_id, new.number, document_id, bags)
-            with self.ctx.db.session() as session:
-                if session.get(Document, document_id) is None:  # deleted meanwhile
-                    return None
-                add_units(session, new.collection_id, new.id, document_id, rows, spans)
-            return DocumentResult(filename, "ready", document_id, len(rows)).to_dict()
+            if source is not None:
+                return self._stored(document_id, old_number, source)
+            return self.ingest.encode_source(key, new, filename=filename)
         except PatchseekError as exc:
             # The document stays searchable in the old version until the swap; after it, it is marked
             # failed so that it does not silently disappear.
@@ -182,9 +205,25 @@ class RebuildService:
                     doc.status, doc.error, doc.error_code = "failed", f"rebuild: {exc}", exc.code
             return DocumentResult(filename, "failed", document_id, error=str(exc), code=exc.code).to_dict()
 
-    def _stored(
-        self, document_id: int, collection_id: int, old_number: int
-    ) -> tuple[list[dict[str, Any]], list[PatchBag]]:
+    def _write(
+        self, engine: Any, new: IndexVersion, batch: list[tuple[int, str, EncodedDocument]]
+    ) -> list[dict[str, Any]]:
+        """One segment for ``batch`` in the new version, published (not fitted yet), and its unit rows."""
+        segment = write_documents(engine, [(d, e) for d, _, e in batch])
+        engine.publish([segment], fit=False)
+        out, gone = [], []
+        with self.ctx.db.session() as session:
+            for document_id, filename, encoded in batch:
+                if session.get(Document, document_id) is None:  # deleted meanwhile
+                    gone.append(document_id)
+                    continue
+                add_units(session, new.collection_id, new.id, document_id, encoded.rows, encoded.bags)
+                out.append(DocumentResult(filename, "ready", document_id, len(encoded.rows)).to_dict())
+        if gone:
+            engine.delete_documents(gone)
+        return out
+
+    def _stored(self, document_id: int, old_number: int, source: Any) -> EncodedDocument:
         """The document's units and vectors as stored in the old version."""
         with self.ctx.db.session() as session:
             units = session.scalars(
@@ -193,34 +232,20 @@ class RebuildService:
                 .where(Unit.document_id == document_id, IndexVersion.number == old_number)
                 .order_by(Unit.ordinal)
             ).all()
+            media = session.scalar(select(Document.media_type).where(Document.id == document_id))
+        snapshot = source.snapshot()
         rows, bags = [], []
         for u in units:
-            bag = self.ctx.segments.read_unit(
-                collection_id, old_number, document_id, u.patch_offset, u.n_patches
-            )
+            bag = snapshot.unit_bag(document_id, u.ordinal)
+            if bag is None:
+                raise ConflictError(
+                    f"document {document_id}'s units are missing from the index; re-upload it"
+                )
             bags.append(
                 PatchBag(bag.vectors, bag.salience, bag.positions, (u.grid_rows, u.grid_cols), u.text)
             )
-            rows.append(
-                {
-                    c: getattr(u, c)
-                    for c in (
-                        "ordinal",
-                        "kind",
-                        "page",
-                        "t_start",
-                        "t_end",
-                        "width",
-                        "height",
-                        "grid_rows",
-                        "grid_cols",
-                        "image_blob",
-                        "thumb_blob",
-                        "text",
-                    )
-                }
-            )
-        return rows, bags
+            rows.append({c: getattr(u, c) for c in UNIT_COLUMNS})
+        return EncodedDocument(media or "", rows, bags)
 
     def _swap(self, collection_id: int, new: IndexVersion, old_id: int) -> bool:
         """Make ``new`` active if no ready document is missing from it (checked under the row lock)."""
@@ -256,4 +281,4 @@ class RebuildService:
             version = session.get(IndexVersion, version_id)
             if version is not None and version.status != "active":
                 version.status = "retired"
-        self.ctx.segments.drop_version(collection_id, number)
+        self.ctx.drop_index(collection_id, number)

@@ -1,0 +1,1082 @@
+"""The index engine: immutable packed segments, a manifest, tombstones, merges, a fitted-state lifecycle
+and snapshot search. No FastAPI or SQLAlchemy here: the service calls it with explicit arguments.
+
+One ``IndexEngine`` serves one index version folder::
+
+    <root>/manifest.json      commit point (``patchseek.search.manifest``)
+    <root>/LOCK               writers' flock
+    <root>/seg-<name>.seg     immutable segments (``patchseek.search.segments``)
+    <root>/state-<name>/      fitted state: the codec (``Compressor.save``) and/or coarse centroids
+
+A segment holds, for its units: ``doc_ids`` / ``ordinals`` / ``media`` (n_units,), ``offsets``
+(n_units + 1,), ``positions`` (N, 2) int16 and ``salience`` (N,) float16, the rerank column chosen by
+``keep`` (``vectors`` float16, or ``vectors_i8`` + ``scales``, or nothing), and what the fitted state
+derives at write time: ``codes`` (the codec's), ``coarse`` (stage-1 centroid ids) and, for collections
+without a codec, ``dense`` (n_units, R, dim) summary rows (patches pooled per coarse centroid, merged by
+Ward clustering). Nothing is derived at query time.
+
+Lifecycle of the fitted state (``fit_rule``): until the collection holds enough vectors, segments keep
+float16 rows and every search scores them exactly. The first publish that makes the rule hold fits the
+codec and coarse centroids on a sample of every vector (up to ``FIT_SAMPLE``) and rewrites every
+segment with them, atomically. When the collection has grown ``REFIT_GROWTH``× past what the fit saw,
+``needs_refit`` says so: the service refits by rebuilding into a new version (atomic swap).
+
+Searches run on a ``Snapshot`` (segment readers + tombstones + fitted state), immutable; a new manifest
+gives a new snapshot that reuses every unchanged segment reader (its memory map, dense rows and FAISS
+lists). Writers never block readers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from patchseek.errors import InvalidInputError
+from patchseek.indexer.compress import CompressionConfig, Compressor, KMeansQuantizer
+from patchseek.kernels import maxsim
+from patchseek.search.base import top_k
+from patchseek.search.candidates import (
+    EXACT_THRESHOLD,
+    STAGE1_CHOICES,
+    FaissCandidateGenerator,
+    default_n_centroids,
+    has_faiss,
+    pool_by_centroid,
+)
+from patchseek.search.dense import DEFAULT_ROWS, DENSE_MAX_UNITS, DenseCandidateGenerator, summarize_units
+from patchseek.search.manifest import Manifest, index_lock, manifest_stamp, read_manifest, write_manifest
+from patchseek.search.segments import (
+    SegmentFile,
+    fsync_dir,
+    list_segment_names,
+    new_segment_name,
+    remove_stale_temp,
+    segment_path,
+    write_segment,
+)
+from patchseek.types import PatchBag
+
+log = logging.getLogger(__name__)
+
+FIT_SAMPLE = 65536  # vectors sampled (evenly over units) to fit a codec or coarse centroids
+MIN_FIT_POINTS = 39  # FAISS's rule of thumb: k-means wants >= 39 training points per centroid
+DENSE_FIT_UNITS = EXACT_THRESHOLD // 2  # a codec-less collection fits its stage-1 state here
+REFIT_GROWTH = 8  # refit once the collection holds this many times the vectors its fit saw
+MERGE_FACTOR = 10  # tiered merges: this many segments of one size tier become one
+MEDIA_CODES = {"pdf": 0, "image": 1, "video": 2}
+
+UNIT_PARTS = ("doc_ids", "ordinals", "media", "dense")
+ROW_PARTS = ("vectors", "vectors_i8", "scales", "positions", "salience", "codes", "coarse")
+
+
+# ------------------------------------------------------------------------------------------ input
+@dataclass(frozen=True)
+class UnitBatch:
+    """Units to index, packed. ``lengths`` (n_units,) rows per unit; vectors (N, dim) float32/16,
+    positions (N, 2) int16, salience (N,) float16; doc_ids / ordinals / media (n_units,)."""
+
+    doc_ids: np.ndarray
+    ordinals: np.ndarray
+    media: np.ndarray
+    lengths: np.ndarray
+    vectors: np.ndarray
+    positions: np.ndarray
+    salience: np.ndarray
+
+    @property
+    def n_units(self) -> int:
+        return int(self.lengths.size)
+
+    @classmethod
+    def from_bags(cls, doc_id: int, media_type: str | None, bags: Sequence[PatchBag], dim: int) -> UnitBatch:
+        """One document's units (``bags`` in ordinal order)."""
+        lengths = np.array([b.n_patches for b in bags], dtype=np.int64)
+        nonempty = [b for b in bags if b.n_patches]
+        return cls(
+            doc_ids=np.full(len(bags), int(doc_id), dtype=np.int64),
+            ordinals=np.arange(len(bags), dtype=np.int32),
+            media=np.full(len(bags), MEDIA_CODES.get(media_type or "", -1), dtype=np.int8),
+            lengths=lengths,
+            vectors=np.concatenate([b.vectors.numpy() for b in nonempty]).astype(np.float16)
+            if nonempty
+            else np.zeros((0, dim), np.float16),
+            positions=np.concatenate([b.positions.numpy() for b in nonempty]).astype(np.int16)
+            if nonempty
+            else np.zeros((0, 2), np.int16),
+            salience=np.concatenate([b.salience.numpy() for b in nonempty]).astype(np.float16)
+            if nonempty
+            else np.zeros((0,), np.float16),
+        )
+
+    @classmethod
+    def concat(cls, batches: Sequence[UnitBatch], dim: int) -> UnitBatch:
+        if not batches:
+            return cls(
+                np.zeros(0, np.int64),
+                np.zeros(0, np.int32),
+                np.zeros(0, np.int8),
+                np.zeros(0, np.int64),
+                np.zeros((0, dim), np.float16),
+                np.zeros((0, 2), np.int16),
+                np.zeros(0, np.float16),
+            )
+        return cls(*(np.concatenate([getattr(b, f) for b in batches]) for f in _BATCH_FIELDS))
+
+
+_BATCH_FIELDS = ("doc_ids", "ordinals", "media", "lengths", "vectors", "positions", "salience")
+
+
+# ---------------------------------------------------------------------------------- fitted state
+@dataclass(frozen=True)
+class FittedState:
+    """A version's fitted search state: the codec (None without a quantizer) and coarse centroids
+    (K, dim) float32 for stage 1 (None when the k-means codec's own centroids serve, PLAID)."""
+
+    name: str
+    compressor: Compressor | None
+    coarse: np.ndarray | None
+
+    @property
+    def centroids(self) -> np.ndarray | None:
+        """Centroids the FAISS lists are built over."""
+        q = None if self.compressor is None else self.compressor.quantizer
+        if isinstance(q, KMeansQuantizer):
+            return np.asarray(q.centroids, dtype=np.float32)
+        return self.coarse
+
+    @classmethod
+    def load(cls, root: Path, name: str) -> FittedState:
+        folder = root / name
+        compressor = Compressor.load(folder / "codec") if (folder / "codec").is_dir() else None
+        coarse = np.load(folder / "coarse.npy") if (folder / "coarse.npy").exists() else None
+        return cls(name, compressor, coarse)
+
+
+def fit_rule(config: CompressionConfig, n_vectors: int, n_units: int) -> tuple[bool, str, int]:
+    """Whether a collection of ``n_units`` units / ``n_vectors`` vectors may fit its state now.
+
+    Returns (ok, the rule in words, coarse centroids K to fit, 0 for none). k-means codes need
+    ``39·K`` vectors, PQ and BEBR ``39·256`` (256-entry codebooks), sign binary ``39·32``; coarse centroids
+    (collections without a k-means codec) need ``39·16`` and take ``K = min(default, n/39)``; a
+    collection without a codec fits only from ``DENSE_FIT_UNITS`` units (it is scanned exactly below
+    ``EXACT_THRESHOLD``).
+    """
+    q = config.quantizer
+    need = {
+        "kmeans": MIN_FIT_POINTS * config.kmeans_k,
+        "pq": MIN_FIT_POINTS * 256,
+        "bebr": MIN_FIT_POINTS * 256,
+    }
+    need_vectors = need.get(q, MIN_FIT_POINTS * (32 if q == "binary" else 16))
+    k_coarse = 0
+    if q != "kmeans":
+        k_coarse = min(default_n_centroids(n_vectors), _pow2_floor(max(1, n_vectors // MIN_FIT_POINTS)))
+    rule = f">= {need_vectors} vectors"
+    ok = n_vectors >= need_vectors
+    if q == "none":
+        rule += f" and >= {DENSE_FIT_UNITS} units"
+        ok = ok and n_units >= DENSE_FIT_UNITS
+    if k_coarse and k_coarse < 16:
+        ok = False
+    return ok, rule, k_coarse
+
+
+def _pow2_floor(n: int) -> int:
+    return 1 << (int(n).bit_length() - 1) if n >= 1 else 0
+
+
+# ----------------------------------------------------------------------------------- derivation
+def derive_parts(
+    batch: UnitBatch, config: CompressionConfig, state: FittedState | None, dense_rows: int = DEFAULT_ROWS
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Every part of a segment for ``batch`` under ``state``: (parts, meta)."""
+    n = int(batch.lengths.sum())
+    offsets = np.concatenate([[0], np.cumsum(batch.lengths)]).astype(np.int64)  # (n_units + 1,)
+    parts: dict[str, np.ndarray] = {
+        "doc_ids": batch.doc_ids.astype(np.int64),
+        "ordinals": batch.ordinals.astype(np.int32),
+        "media": batch.media.astype(np.int8),
+        "offsets": offsets,
+        "positions": batch.positions.astype(np.int16),
+        "salience": batch.salience.astype(np.float16),
+    }
+    codec = None if state is None else state.compressor
+    keep = config.keep if codec is not None else "float16"  # nothing else can score an unfitted index
+    x = np.asarray(batch.vectors, dtype=np.float32)  # (N, dim)
+    if keep == "float16":
+        parts["vectors"] = batch.vectors.astype(np.float16)
+    elif keep == "int8":
+        scales = np.abs(x).max(axis=1) / 127.0 if n else np.zeros(0, np.float32)  # (N,)
+        safe = np.where(scales > 0, scales, 1.0)[:, None]
+        parts["vectors_i8"] = np.clip(np.rint(x / safe), -127, 127).astype(np.int8)
+        parts["scales"] = scales.astype(np.float32)
+    if state is not None:
+        if codec is not None:
+            parts["codes"] = np.asarray(codec.quantizer.encode(x)) if n else _empty_codes(codec, x.shape[1])
+        if state.coarse is not None:
+            coarse = FaissCandidateGenerator.assign(x, state.coarse) if n else np.zeros(0, np.int32)
+            parts["coarse"] = coarse.astype(np.int32)
+            if codec is None:  # the dense stage 1 of a codec-less collection
+                pooled, _, pooled_lengths = pool_by_centroid(x, coarse, batch.lengths)
+                parts["dense"] = summarize_units(pooled.astype(np.float16), pooled_lengths, dense_rows)
+    meta = {"state": None if state is None else state.name, "dim": int(x.shape[1]), "keep": keep}
+    return parts, meta
+
+
+def _empty_codes(codec: Compressor, dim: int) -> np.ndarray:
+    probe = np.asarray(codec.quantizer.encode(np.zeros((1, dim), np.float32)))
+    return np.zeros((0, *probe.shape[1:]), dtype=probe.dtype)
+
+
+def _kmeans_ids(codes: np.ndarray, id_bytes: int) -> np.ndarray:
+    """Centroid ids (N,) of k-means codes: (N,) ids, or (N, id_bytes + residual bytes) uint8."""
+    if codes.ndim == 1:
+        return codes.astype(np.int64) & 0xFFFF
+    head = np.ascontiguousarray(codes[:, :id_bytes])  # (N, id_bytes)
+    return (head[:, 0] if id_bytes == 1 else head.view("<u2")[:, 0]).astype(np.int64)
+
+
+# ------------------------------------------------------------------------------ segment readers
+class SegmentReader:
+    """A committed segment opened for search: its memory map plus lazily built, cached stage-1 data
+    (the dense rows in RAM, the FAISS lists). Shared by every snapshot that lists the segment."""
+
+    def __init__(self, file: SegmentFile) -> None:
+        self.file = file
+        self.name = file.name
+        p = file.parts
+        self.doc_ids: np.ndarray = p["doc_ids"]
+        self.ordinals: np.ndarray = p["ordinals"]
+        self.media: np.ndarray = p["media"]
+        self.offsets: np.ndarray = p["offsets"]
+        self.lengths = np.diff(self.offsets)
+        self.vectors = p.get("vectors")
+        self.vectors_i8 = p.get("vectors_i8")
+        self.scales = p.get("scales")
+        self.codes = p.get("codes")
+        self.coarse = p.get("coarse")
+        self.dense_rows = p.get("dense")
+        self.state: str | None = file.meta.get("state")
+        self.dim = int(file.meta["dim"])
+        self._dense: DenseCandidateGenerator | None = None
+        self._faiss: FaissCandidateGenerator | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def n_units(self) -> int:
+        return int(self.doc_ids.shape[0])
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def has_rerank(self) -> bool:
+        return self.vectors is not None or self.vectors_i8 is not None
+
+    def rows_of(self, units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Row positions (n_rows,) of ``units`` (k,) and their packed offsets (k + 1,)."""
+        starts, lengths = self.offsets[units], self.lengths[units]
+        sub = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        rows = np.arange(int(sub[-1]), dtype=np.int64) + np.repeat(starts - sub[:-1], lengths)
+        return rows, sub
+
+    def exact(self, q: torch.Tensor, units: np.ndarray) -> np.ndarray:
+        """Exact MaxSim (k,) of query (n_q, dim) on the kept rows of ``units`` (k,)."""
+        rows, sub = self.rows_of(units)
+        offsets = torch.from_numpy(sub)
+        if self.vectors is not None:
+            docs = torch.from_numpy(np.ascontiguousarray(self.vectors[rows]))  # (n_rows, dim) float16
+            return maxsim(q, docs, offsets).numpy()
+        if self.vectors_i8 is not None and self.scales is not None:
+            docs = torch.from_numpy(np.ascontiguousarray(self.vectors_i8[rows]))  # (n_rows, dim) int8
+            scales = torch.from_numpy(np.ascontiguousarray(self.scales[rows]))  # (n_rows,) float32
+            return maxsim(q, docs, offsets, scales=scales).numpy()
+        raise InvalidInputError("this index keeps no rerank vectors (keep='none'); search with rerank=false")
+
+    def approximate(self, q: torch.Tensor, units: np.ndarray, codec: Compressor) -> np.ndarray:
+        """The codec's stage-2 scores (k,) of ``units`` (k,) from their codes."""
+        assert self.codes is not None
+        rows, sub = self.rows_of(units)
+        codes = np.ascontiguousarray(self.codes[rows])  # (n_rows, ...) the candidates' codes only
+        return codec.quantizer.score(q, codes, sub).numpy()
+
+    def dense(self, device: str) -> DenseCandidateGenerator:
+        with self._lock:
+            if self._dense is None:
+                assert self.dense_rows is not None
+                rows = torch.from_numpy(np.array(self.dense_rows))  # (n_units, R, dim) copy out of the map
+                self._dense = DenseCandidateGenerator(rows, self.lengths > 0, device=device)
+            return self._dense
+
+    def faiss(self, state: FittedState) -> FaissCandidateGenerator:
+        with self._lock:
+            if self._faiss is None:
+                centroids = state.centroids
+                assert centroids is not None
+                if self.coarse is not None:
+                    ids = np.asarray(self.coarse, dtype=np.int64)
+                else:
+                    quantizer = state.compressor.quantizer  # type: ignore[union-attr]
+                    assert self.codes is not None and isinstance(quantizer, KMeansQuantizer)
+                    ids = _kmeans_ids(np.asarray(self.codes), quantizer.id_bytes)
+                self._faiss = FaissCandidateGenerator.from_assignments(
+                    centroids, [(ids, self.lengths)], device="cpu"
+                )
+            return self._faiss
+
+    @property
+    def ram_bytes(self) -> dict[str, int]:
+        out = {}
+        if self._dense is not None:
+            out["dense"] = self._dense.nbytes
+        if self._faiss is not None:
+            out["ivf_lists"] = self._faiss.nbytes
+        return out
+
+
+# ----------------------------------------------------------------------------------- snapshots
+@dataclass(frozen=True)
+class EngineHit:
+    """A search hit: the unit is ``(doc_id, ordinal)``; ``score`` exact after a rerank."""
+
+    doc_id: int
+    ordinal: int
+    score: float
+
+
+@dataclass(frozen=True)
+class EngineResult:
+    hits: list[EngineHit]
+    stage1: str
+    n_stage1: int
+    n_stage2: int
+    timings_ms: dict[str, float]
+    n_units: int
+
+
+@dataclass(frozen=True)
+class Filter:
+    """Which units a search may return: documents in ``visible`` (sorted int64 ids; None: all), in
+    ``doc_ids`` (None: any) and of ``media`` codes (None: any). ``key`` names ``visible`` for caching
+    its per-segment masks (e.g. the collection's generation)."""
+
+    visible: np.ndarray | None = None
+    key: Any = None
+    doc_ids: np.ndarray | None = None
+    media: np.ndarray | None = None
+
+
+class Snapshot:
+    """An immutable view of one manifest: segment readers, their tombstone masks and the fitted state."""
+
+    def __init__(
+        self, manifest: Manifest, readers: list[SegmentReader], state: FittedState | None, device: str
+    ) -> None:
+        self.manifest = manifest
+        self.readers = readers
+        self.state = state
+        self.device = device
+        self.deleted = [
+            np.isin(r.doc_ids, np.asarray(manifest.tombstones.get(r.name, ()), dtype=np.int64))
+            for r in readers
+        ]
+        self._visible_cache: tuple[Any, list[np.ndarray]] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def generation(self) -> int:
+        return self.manifest.generation
+
+    @property
+    def n_units(self) -> int:
+        return int(sum(int((~d).sum()) for d in self.deleted))
+
+    @property
+    def n_rows(self) -> int:
+        return int(sum(int(r.lengths[~d].sum()) for r, d in zip(self.readers, self.deleted, strict=True)))
+
+    def live(self, flt: Filter | None = None) -> list[np.ndarray]:
+        """Per segment, (n_units,) bool: units a search under ``flt`` may return."""
+        base = self._visible_masks(flt)
+        if flt is None:
+            return base
+        out = []
+        for r, m in zip(self.readers, base, strict=True):
+            if flt.doc_ids is not None:
+                m = m & np.isin(r.doc_ids, flt.doc_ids)
+            if flt.media is not None:
+                m = m & np.isin(r.media, flt.media)
+            out.append(m)
+        return out
+
+    def _visible_masks(self, flt: Filter | None) -> list[np.ndarray]:
+        if flt is None or flt.visible is None:
+            return [~d & (r.lengths > 0) for r, d in zip(self.readers, self.deleted, strict=True)]
+        with self._lock:
+            if self._visible_cache is not None and flt.key is not None and self._visible_cache[0] == flt.key:
+                return self._visible_cache[1]
+        masks = [
+            ~d & (r.lengths > 0) & np.isin(r.doc_ids, flt.visible)
+            for r, d in zip(self.readers, self.deleted, strict=True)
+        ]
+        with self._lock:
+            self._visible_cache = (flt.key, masks)
+        return masks
+
+    def stage1_kind(self, requested: str = "auto", n_units: int | None = None) -> str:
+        """What ``requested`` resolves to on this snapshot."""
+        if requested not in STAGE1_CHOICES:
+            raise InvalidInputError(f"stage1={requested!r}: expected one of {list(STAGE1_CHOICES)}")
+        n = self.n_units if n_units is None else n_units
+        has_dense = bool(self.readers) and all(r.dense_rows is not None for r in self.readers)
+        faiss_ok = (
+            self.state is not None
+            and self.state.centroids is not None
+            and has_faiss()
+            and all(r.coarse is not None or r.codes is not None for r in self.readers)
+        )
+        if requested == "dense":
+            if not has_dense:
+                raise InvalidInputError(
+                    "this collection has no dense stage-1 rows (it has a codec, or is not yet large enough "
+                    "to fit its stage-1 centroids); use stage1='exact' or 'faiss'"
+                )
+            return "dense"
+        if requested == "faiss":
+            if not faiss_ok:
+                raise InvalidInputError(
+                    "this collection has no FAISS stage-1 lists yet (too few vectors to fit centroids); "
+                    "use stage1='exact'"
+                )
+            return "faiss"
+        if requested == "exact" or n < EXACT_THRESHOLD:
+            return "exact"
+        if has_dense and n <= DENSE_MAX_UNITS:
+            return "dense"
+        return "faiss" if faiss_ok else "exact"
+
+    def search(
+        self,
+        query: torch.Tensor,
+        *,
+        top_k_hits: int = 10,
+        candidates: int = 100,
+        rerank: bool = True,
+        stage1: str = "auto",
+        stage1_k: int = 1000,
+        nprobe: int | None = None,
+        flt: Filter | None = None,
+    ) -> EngineResult:
+        """The three stages over every segment; per-segment candidates merge by score (stage-1/2 scores
+        of one fitted state, and exact MaxSim, are comparable across segments).
+
+        Stage 1 (``exact`` scan, ``dense`` summary scan or ``faiss`` lists) picks up to ``stage1_k``
+        units per segment; stage 2 scores them with the codec (codec-less: the dense scores, or exact
+        MaxSim after an exact scan / FAISS); the best ``candidates`` overall are re-scored exactly
+        (stage 3, with ``rerank`` and kept vectors) and the best ``top_k_hits`` returned.
+        """
+        timings: dict[str, float] = {}
+        q = query.detach().to("cpu", torch.float32)  # (n_q, dim)
+        masks = self.live(flt)
+        n_live = int(sum(int(m.sum()) for m in masks))
+        kind = self.stage1_kind(stage1)
+        if q.dim() != 2 or q.shape[0] == 0 or n_live == 0:
+            return EngineResult([], kind, 0, 0, timings, n_live)
+        if self.readers and q.shape[1] != self.readers[0].dim:
+            raise InvalidInputError(
+                f"query has dim {q.shape[1]}, the index holds {self.readers[0].dim}-d vectors"
+            )
+        codec = None if self.state is None else self.state.compressor
+        can_rerank = all(r.has_rerank for r in self.readers)
+        seg_ids, unit_parts, score_parts = [], [], []
+        final = False
+        t1 = t2 = 0.0
+        n1 = 0
+        for i, (r, m) in enumerate(zip(self.readers, masks, strict=True)):
+            if not m.any():
+                continue
+            t0 = time.perf_counter()
+            if kind == "exact":
+                units, scores = np.flatnonzero(m), None
+            elif kind == "dense":
+                c = r.dense(self.device).candidates(q, stage1_k, unit_mask=m)
+                units, scores = c.units, c.scores
+            else:
+                assert self.state is not None
+                c = r.faiss(self.state).search(q, stage1_k, mask=m, nprobe=nprobe)
+                units, scores = c.units, None
+            t1 += time.perf_counter() - t0
+            n1 += int(units.size)
+            if units.size == 0:
+                continue
+            t0 = time.perf_counter()
+            if codec is not None and r.codes is not None:
+                scores = r.approximate(q, units, codec)
+            elif scores is None:  # codec-less exact scan or FAISS candidates: exact MaxSim is stage 2
+                scores = r.exact(q, units)
+                final = True
+            t2 += time.perf_counter() - t0
+            seg_ids.append(np.full(units.size, i, dtype=np.int64))
+            unit_parts.append(units.astype(np.int64))
+            score_parts.append(np.asarray(scores, dtype=np.float32))
+        timings["stage1"] = t1 * 1000
+        timings["stage2"] = t2 * 1000
+        if not unit_parts:
+            return EngineResult([], kind, n1, 0, timings, n_live)
+        segs, units, scores = np.concatenate(seg_ids), np.concatenate(unit_parts), np.concatenate(score_parts)
+        key = segs * (1 << 32) + units  # one id per (segment, unit) for ``top_k``'s tie-break
+        rerank = rerank and can_rerank and not final
+        keep = max(candidates, top_k_hits) if rerank else top_k_hits
+        best, best_scores = top_k(scores, key, keep)
+        n2 = int(best.size)
+        if rerank:
+            t0 = time.perf_counter()
+            exact = np.empty(best.size, dtype=np.float32)
+            seg_of, unit_of = best >> 32, best & 0xFFFFFFFF
+            for i in np.unique(seg_of).tolist():
+                sel = np.flatnonzero(seg_of == i)
+                exact[sel] = self.readers[i].exact(q, unit_of[sel])
+            best, best_scores = top_k(exact, best, top_k_hits)
+            timings["stage3"] = (time.perf_counter() - t0) * 1000
+        hits = []
+        for k, s in zip(best.tolist(), best_scores.tolist(), strict=True):
+            r = self.readers[k >> 32]
+            u = k & 0xFFFFFFFF
+            hits.append(EngineHit(int(r.doc_ids[u]), int(r.ordinals[u]), float(s)))
+        return EngineResult(hits, kind, n1, n2, timings, n_live)
+
+    def find(self, doc_id: int, ordinal: int) -> tuple[SegmentReader, int] | None:
+        """The live segment and position of unit ``(doc_id, ordinal)``."""
+        for r, d in zip(self.readers, self.deleted, strict=True):
+            hit = np.flatnonzero((r.doc_ids == doc_id) & (r.ordinals == ordinal) & ~d)
+            if hit.size:
+                return r, int(hit[0])
+        return None
+
+    def unit_bag(self, doc_id: int, ordinal: int) -> PatchBag | None:
+        """A unit's stored rows as a float32 ``PatchBag`` (decoded from its codes under keep='none')."""
+        found = self.find(doc_id, ordinal)
+        if found is None:
+            return None
+        r, u = found
+        rows, _ = r.rows_of(np.array([u]))
+        if r.vectors is not None:
+            v = np.asarray(r.vectors[rows], dtype=np.float32)
+        elif r.vectors_i8 is not None and r.scales is not None:
+            v = np.asarray(r.vectors_i8[rows], np.float32) * np.asarray(r.scales[rows])[:, None]
+        elif r.codes is not None and self.state is not None and self.state.compressor is not None:
+            v = np.asarray(self.state.compressor.quantizer.decode(np.asarray(r.codes[rows])), np.float32)
+        else:
+            v = np.zeros((rows.size, r.dim), np.float32)
+        return PatchBag(
+            torch.from_numpy(v),
+            torch.from_numpy(np.asarray(r.file.parts["salience"][rows], np.float32)),
+            torch.from_numpy(np.asarray(r.file.parts["positions"][rows], np.int64)),
+            (0, 0),
+        )
+
+    def doc_ids(self) -> np.ndarray:
+        """Sorted ids of the documents with live (not tombstoned) units."""
+        parts = [r.doc_ids[~d] for r, d in zip(self.readers, self.deleted, strict=True)]
+        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+    def stats(self) -> dict[str, Any]:
+        """Units, rows, segments, and bytes by part on disk (the segment files) and in RAM."""
+        disk: dict[str, int] = {}
+        ram: dict[str, int] = {}
+        for r in self.readers:
+            for k, b in r.file.part_bytes.items():
+                disk[k] = disk.get(k, 0) + b
+            for k, b in r.ram_bytes.items():
+                ram[k] = ram.get(k, 0) + b
+        n = max(1, self.n_units)
+        return {
+            "generation": self.generation,
+            "segments": len(self.readers),
+            "units": self.n_units,
+            "rows": self.n_rows,
+            "state": self.state.name if self.state else None,
+            "fit": dict(self.manifest.fit),
+            "disk_bytes": disk,
+            "ram_bytes": ram,
+            "disk_bytes_per_unit": round(sum(r.file.nbytes for r in self.readers) / n, 1),
+            "ram_bytes_per_unit": round(sum(ram.values()) / n, 1),
+        }
+
+
+# ------------------------------------------------------------------------------------- the engine
+@dataclass
+class MergeStats:
+    merges: int = 0
+    segments_in: int = 0
+    rows_dropped: int = 0
+    seconds: float = 0.0
+
+
+class IndexEngine:
+    """Writes, publishes, merges, fits and snapshots one index version folder (any process).
+
+    Parameters
+    ----------
+    root : path
+        The version folder.
+    dim : int
+        Vector dimension.
+    compression : CompressionConfig
+        The version's compression (quantizer, ``keep``); pruning and merging happen before the engine.
+    device : str
+        Where dense stage-1 rows live (``"cpu"`` or ``"cuda"``).
+    auto_fit : bool
+        Fit the state on the first publish that satisfies ``fit_rule`` (rebuilds turn it off and call
+        ``fit`` once at the end).
+    merge_factor : int
+        Tiered merge policy: ``merge_factor`` segments of one size tier (⌊log_f units⌋) merge into one.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        dim: int,
+        compression: CompressionConfig | None = None,
+        *,
+        device: str = "cpu",
+        auto_fit: bool = True,
+        merge_factor: int = MERGE_FACTOR,
+        dense_rows: int = DEFAULT_ROWS,
+    ) -> None:
+        self.root = Path(root)
+        self.dim = int(dim)
+        self.config = compression or CompressionConfig()
+        self.device = device
+        self.auto_fit = auto_fit
+        self.merge_factor = max(2, int(merge_factor))
+        self.dense_rows = dense_rows
+        self._readers: dict[str, SegmentReader] = {}
+        self._states: dict[str, FittedState] = {}
+        self._snapshot: Snapshot | None = None
+        self._stamp: tuple[int, int] | None = None
+        self._lock = threading.Lock()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    # -------------------------------------------------------------------------------- reading
+    def snapshot(self) -> Snapshot:
+        """The current snapshot; re-read only when the manifest changed (reusing unchanged readers)."""
+        for attempt in range(8):
+            stamp = manifest_stamp(self.root)
+            with self._lock:
+                if self._snapshot is not None and stamp == self._stamp:
+                    return self._snapshot
+            manifest = read_manifest(self.root)
+            try:
+                snap = self._open(manifest)
+            except FileNotFoundError:
+                # A merge replaced a segment between our manifest read and its open: read again.
+                time.sleep(0.01 * (attempt + 1))
+                continue
+            with self._lock:
+                self._snapshot, self._stamp = snap, stamp
+                self._readers = {r.name: r for r in snap.readers}  # drop readers no longer listed
+            return snap
+        raise InvalidInputError(f"could not open a consistent snapshot of {self.root}")
+
+    def _open(self, manifest: Manifest) -> Snapshot:
+        readers = []
+        for name in manifest.segments:
+            with self._lock:
+                reader = self._readers.get(name)
+            if reader is None:
+                reader = SegmentReader(SegmentFile.open(segment_path(self.root, name)))
+            readers.append(reader)
+        return Snapshot(manifest, readers, self._state(manifest.state), self.device)
+
+    def _state(self, name: str | None) -> FittedState | None:
+        if name is None:
+            return None
+        with self._lock:
+            if name not in self._states:
+                self._states[name] = FittedState.load(self.root, name)
+            return self._states[name]
+
+    # -------------------------------------------------------------------------------- writing
+    def write(self, batch: UnitBatch) -> str:
+        """Write ``batch`` as a new, unpublished segment derived with the current state; its name."""
+        if batch.vectors.shape[1:] != (self.dim,):
+            raise InvalidInputError(f"vectors must be (n, {self.dim}), got {batch.vectors.shape}")
+        state = self._state(read_manifest(self.root).state)
+        parts, meta = derive_parts(batch, self.config, state, self.dense_rows)
+        name = new_segment_name()
+        write_segment(self.root, name, parts, {**meta, "n_units": batch.n_units})
+        return name
+
+    def publish(
+        self, added: Sequence[str] = (), deleted_docs: Iterable[int] = (), *, fit: bool | None = None
+    ) -> Manifest:
+        """Make segments ``added`` live and tombstone the documents ``deleted_docs``, in one manifest swap.
+
+        Upsert: a document of an added segment that already has units in a live segment is tombstoned
+        there (a re-run after a crash never indexes a document twice). A segment derived with an older
+        state than the manifest's is re-derived first. Then, with ``auto_fit``, the state is fitted if
+        the rule now holds (``fit``).
+        """
+        deleted = {int(d) for d in deleted_docs}
+        with index_lock(self.root):
+            m = read_manifest(self.root)
+            names = []
+            for name in added:
+                seg = SegmentFile.open(segment_path(self.root, name))
+                if seg.meta.get("state") != m.state:
+                    name = self._rederive(seg, self._state(m.state))
+                names.append(name)
+            new_docs = set()
+            for name in names:
+                new_docs.update(SegmentFile.open(segment_path(self.root, name)).parts["doc_ids"].tolist())
+            tomb = {k: set(v) for k, v in m.tombstones.items()}
+            snap = self.snapshot() if m.segments else None
+            if snap is not None and (deleted or new_docs):
+                targets = np.array(sorted(deleted | new_docs), dtype=np.int64)
+                for r, d in zip(snap.readers, snap.deleted, strict=True):
+                    present = np.unique(r.doc_ids[~d & np.isin(r.doc_ids, targets)])
+                    if present.size:
+                        tomb.setdefault(r.name, set()).update(present.tolist())
+            for name in names:
+                if deleted:
+                    own = SegmentFile.open(segment_path(self.root, name)).parts["doc_ids"]
+                    hit = deleted & set(np.unique(own).tolist())
+                    if hit:
+                        tomb.setdefault(name, set()).update(hit)
+            m = m.bump(
+                segments=(*m.segments, *names),
+                tombstones={k: tuple(sorted(v)) for k, v in tomb.items() if v},
+            )
+            write_manifest(self.root, m)
+            if (self.auto_fit if fit is None else fit) and m.state is None:
+                self.fit()
+                m = read_manifest(self.root)
+            return m
+
+    def delete_documents(self, doc_ids: Iterable[int]) -> Manifest:
+        """Tombstone documents: they leave the next snapshot; a merge reclaims their rows."""
+        return self.publish((), doc_ids)
+
+    def _rederive(self, seg: SegmentFile, state: FittedState | None) -> str:
+        """Rewrite a segment under ``state``; returns the new segment's name (the old file is removed)."""
+        batch = _batch_of(seg, np.ones(seg.parts["doc_ids"].shape[0], dtype=bool))
+        parts, meta = derive_parts(batch, self.config, state, self.dense_rows)
+        name = new_segment_name()
+        write_segment(self.root, name, parts, {**meta, "n_units": batch.n_units})
+        seg.path.unlink(missing_ok=True)
+        return name
+
+    # ------------------------------------------------------------------------------ lifecycle
+    def fit(self, *, force: bool = False) -> bool:
+        """Fit the codec / coarse centroids on a sample of every live vector and rewrite every segment
+        with them, in one manifest swap. Without ``force`` only when ``fit_rule`` holds and no state
+        exists. Returns whether a fit happened."""
+        with index_lock(self.root):
+            m = read_manifest(self.root)
+            snap = self.snapshot()
+            n_vectors, n_units = snap.n_rows, snap.n_units
+            ok, rule, k_coarse = fit_rule(self.config, n_vectors, n_units)
+            if not force and (m.state is not None or not ok):
+                return False
+            if n_vectors == 0 or (force and not ok and self.config.quantizer != "none" and n_vectors < 256):
+                return False
+            if not snap.readers or not all(
+                r.vectors is not None or r.vectors_i8 is not None for r in snap.readers
+            ):
+                raise InvalidInputError("fitting needs the stored float vectors; rebuild from the sources")
+            started = time.perf_counter()
+            sample = _sample(snap, FIT_SAMPLE, self.config.seed)
+            name = f"state-{uuid.uuid4().hex[:8]}"
+            tmp = self.root / f".tmp-{name}"
+            tmp.mkdir()
+            compressor = None
+            if self.config.quantizer != "none":
+                compressor = Compressor(self.config)
+                compressor.quantizer.fit(sample)
+                compressor.save(tmp / "codec")
+            if k_coarse:
+                coarse = FaissCandidateGenerator.fit_centroids(sample, k_coarse, seed=self.config.seed)
+                np.save(tmp / "coarse.npy", coarse)
+            for f in tmp.rglob("*"):
+                if f.is_file():
+                    with open(f, "rb+") as fh:
+                        os.fsync(fh.fileno())
+            (tmp / "state.json").write_text(
+                json.dumps(
+                    {"vectors": n_vectors, "units": n_units, "sample": int(sample.shape[0]), "rule": rule}
+                )
+            )
+            tmp.rename(self.root / name)
+            fsync_dir(self.root)
+            state = FittedState.load(self.root, name)
+            # Rewrite every segment under the new state, merging them into one (the collection is small
+            # at its first fit; a rebuild fits once at its end).
+            batches = [_batch_of(r.file, ~d) for r, d in zip(snap.readers, snap.deleted, strict=True)]
+            batch = UnitBatch.concat(batches, self.dim)
+            parts, meta = derive_parts(batch, self.config, state, self.dense_rows)
+            seg = new_segment_name()
+            write_segment(self.root, seg, parts, {**meta, "n_units": batch.n_units})
+            fit = {
+                "vectors": n_vectors,
+                "units": n_units,
+                "sample": int(sample.shape[0]),
+                "rule": rule,
+                "coarse_k": int(k_coarse),
+                "seconds": round(time.perf_counter() - started, 3),
+            }
+            old = m.segments
+            write_manifest(self.root, m.bump(segments=(seg,), tombstones={}, state=name, fit=fit))
+            for s in old:
+                segment_path(self.root, s).unlink(missing_ok=True)
+            log.info("fitted %s on %d of %d vectors (%s)", name, sample.shape[0], n_vectors, rule)
+            return True
+
+    def needs_refit(self) -> bool:
+        """True when the collection holds ``REFIT_GROWTH``× the vectors its fit saw (refit by a rebuild)."""
+        m = read_manifest(self.root)
+        if m.state is None:
+            return False
+        seen = int(m.fit.get("vectors", 0))
+        return seen > 0 and self.snapshot().n_rows >= REFIT_GROWTH * seen and seen < 8 * FIT_SAMPLE
+
+    # --------------------------------------------------------------------------------- merges
+    def merge_candidates(self, snap: Snapshot) -> list[list[SegmentReader]]:
+        """Tiered policy: groups of ``merge_factor`` segments of one size tier (smallest first); a
+        segment with a third of its units tombstoned is rewritten alone (vacuum)."""
+        tiers: dict[int, list[SegmentReader]] = {}
+        groups = []
+        for r, d in zip(snap.readers, snap.deleted, strict=True):
+            live = int((~d).sum())
+            if r.n_units and d.sum() * 3 >= r.n_units:
+                groups.append([r])
+                continue
+            tier = int(np.log(max(live, 1)) / np.log(self.merge_factor))
+            tiers.setdefault(tier, []).append(r)
+        for _, members in sorted(tiers.items()):
+            members.sort(key=lambda r: r.n_units)
+            while len(members) >= self.merge_factor:
+                groups.append(members[: self.merge_factor])
+                members = members[self.merge_factor :]
+        return groups
+
+    def maybe_merge(self, *, max_merges: int = 16) -> MergeStats:
+        """Run the merges the policy asks for, one manifest swap each; searches go on meanwhile."""
+        stats = MergeStats()
+        started = time.perf_counter()
+        for _ in range(max_merges):
+            snap = self.snapshot()
+            groups = self.merge_candidates(snap)
+            if not groups:
+                break
+            done = self.merge([r.name for r in groups[0]])
+            if not done:
+                break
+            stats.merges += 1
+            stats.segments_in += len(groups[0])
+            stats.rows_dropped += done
+        stats.seconds = time.perf_counter() - started
+        return stats
+
+    def merge(self, names: Sequence[str]) -> int:
+        """Merge the live rows of segments ``names`` into one; returns rows dropped + 1 (0: nothing).
+
+        The merged segment is written outside the writer lock; the swap re-reads the manifest and
+        carries over tombstones added meanwhile."""
+        snap = self.snapshot()
+        by_name = {r.name: (r, d) for r, d in zip(snap.readers, snap.deleted, strict=True)}
+        if any(n not in by_name for n in names):
+            return 0
+        inputs = [by_name[n] for n in names]
+        batches = []
+        dropped = 0
+        for r, d in inputs:
+            batches.append(_unit_table(r, ~d))
+            dropped += int(r.lengths[d].sum())
+        batch = UnitBatch.concat(batches, self.dim)
+        parts = _concat_derived(inputs, batch, self.config, snap.state)
+        seg = new_segment_name()
+        meta = {"state": snap.manifest.state, "dim": self.dim, "keep": inputs[0][0].file.meta.get("keep")}
+        write_segment(self.root, seg, parts, {**meta, "n_units": batch.n_units})
+        with index_lock(self.root):
+            m = read_manifest(self.root)
+            if any(n not in m.segments for n in names) or m.state != snap.manifest.state:
+                segment_path(self.root, seg).unlink(missing_ok=True)
+                return 0
+            # Tombstones added to the inputs since our snapshot now apply to the merged segment.
+            merged_docs = set(np.unique(batch.doc_ids).tolist())
+            later: set[int] = set()
+            for n in names:
+                later |= set(m.tombstones.get(n, ())) - set(snap.manifest.tombstones.get(n, ()))
+            tomb = {k: v for k, v in m.tombstones.items() if k not in names}
+            if later & merged_docs:
+                tomb[seg] = tuple(sorted(later & merged_docs))
+            kept = [s for s in m.segments if s not in names]
+            # The merged segment takes the place of its oldest input: segment order stays insertion order.
+            first = min(m.segments.index(n) for n in names)
+            kept.insert(min(first, len(kept)), seg)
+            write_manifest(self.root, m.bump(segments=tuple(kept), tombstones=tomb))
+        for n in names:
+            segment_path(self.root, n).unlink(missing_ok=True)
+        return dropped + 1
+
+    # ---------------------------------------------------------------------------- maintenance
+    def gc(self, *, grace_s: float = 3600.0) -> int:
+        """Remove segment files no manifest lists (crashed writers') older than ``grace_s``, stale temp
+        files and unused state folders. Returns files removed."""
+        with index_lock(self.root):
+            m = read_manifest(self.root)
+            now, n = time.time(), 0
+            for name in list_segment_names(self.root):
+                p = segment_path(self.root, name)
+                if name not in m.segments:
+                    try:
+                        if now - p.stat().st_mtime >= grace_s:
+                            p.unlink()
+                            n += 1
+                    except FileNotFoundError:
+                        continue
+            n += remove_stale_temp(self.root, grace_s)
+            for p in self.root.glob("state-*"):
+                if p.name != m.state and now - p.stat().st_mtime >= grace_s:
+                    shutil.rmtree(p, ignore_errors=True)
+                    n += 1
+            return n
+
+    def stats(self) -> dict[str, Any]:
+        return self.snapshot().stats()
+
+
+def _batch_of(seg: SegmentFile, keep: np.ndarray) -> UnitBatch:
+    """The float rows of a segment's units where ``keep`` (n_units,) is True, as a ``UnitBatch``."""
+    p = seg.parts
+    offsets = p["offsets"]
+    lengths = np.diff(offsets)
+    units = np.flatnonzero(keep)
+    starts, ln = offsets[units], lengths[units]
+    sub = np.concatenate([[0], np.cumsum(ln)]).astype(np.int64)
+    rows = np.arange(int(sub[-1]), dtype=np.int64) + np.repeat(starts - sub[:-1], ln)
+    if "vectors" in p:
+        vectors = np.asarray(p["vectors"][rows], dtype=np.float16)
+    elif "vectors_i8" in p:
+        vectors = (
+            np.asarray(p["vectors_i8"][rows], np.float32) * np.asarray(p["scales"][rows])[:, None]
+        ).astype(np.float16)
+    else:
+        vectors = np.zeros((rows.size, int(seg.meta["dim"])), np.float16)  # only codes: see _concat_derived
+    return UnitBatch(
+        np.asarray(p["doc_ids"][units]),
+        np.asarray(p["ordinals"][units]),
+        np.asarray(p["media"][units]),
+        ln.astype(np.int64),
+        vectors,
+        np.asarray(p["positions"][rows]),
+        np.asarray(p["salience"][rows]),
+    )
+
+
+def _unit_table(r: SegmentReader, keep: np.ndarray) -> UnitBatch:
+    """The unit-level columns of a segment's kept units (rows are copied by ``_concat_derived``)."""
+    units = np.flatnonzero(keep)
+    return UnitBatch(
+        np.asarray(r.doc_ids[units]),
+        np.asarray(r.ordinals[units]),
+        np.asarray(r.media[units]),
+        r.lengths[units].astype(np.int64),
+        np.zeros((0, r.dim), np.float16),
+        np.zeros((0, 2), np.int16),
+        np.zeros(0, np.float16),
+    )
+
+
+def _concat_derived(
+    inputs: list[tuple[SegmentReader, np.ndarray]],
+    batch: UnitBatch,
+    config: CompressionConfig,
+    state: FittedState | None,
+) -> dict[str, np.ndarray]:
+    """Parts of a merged segment: the inputs' stored parts concatenated (nothing recomputed)."""
+    out: dict[str, list[np.ndarray]] = {}
+    for r, d in inputs:
+        keep = ~d
+        units = np.flatnonzero(keep)
+        rows, _ = r.rows_of(units)
+        for k, a in r.file.parts.items():
+            if k == "offsets":
+                continue
+            if k in UNIT_PARTS:
+                out.setdefault(k, []).append(np.asarray(a[units]))
+            elif k in ROW_PARTS:
+                out.setdefault(k, []).append(np.asarray(a[rows]))
+    parts = {k: np.concatenate(v) for k, v in out.items()}
+    parts["offsets"] = np.concatenate([[0], np.cumsum(batch.lengths)]).astype(np.int64)
+    return parts
+
+
+def _sample(snap: Snapshot, size: int, seed: int) -> np.ndarray:
+    """Up to ``size`` float32 rows drawn uniformly from every live unit's kept vectors."""
+    parts = []
+    for r, d in zip(snap.readers, snap.deleted, strict=True):
+        rows, _ = r.rows_of(np.flatnonzero(~d))
+        parts.append((r, rows))
+    total = sum(rows.size for _, rows in parts)
+    rng = np.random.default_rng(seed)
+    take = min(size, total)
+    picks = np.sort(rng.choice(total, size=take, replace=False)) if take < total else np.arange(total)
+    out, base = [], 0
+    for r, rows in parts:
+        local = picks[(picks >= base) & (picks < base + rows.size)] - base
+        base += rows.size
+        if not local.size:
+            continue
+        sel = rows[local]
+        if r.vectors is not None:
+            out.append(np.asarray(r.vectors[sel], np.float32))
+        else:
+            assert r.vectors_i8 is not None and r.scales is not None
+            out.append(np.asarray(r.vectors_i8[sel], np.float32) * np.asarray(r.scales[sel])[:, None])
+    return np.concatenate(out) if out else np.zeros((0, snap.readers[0].dim), np.float32)
+
+
+# ------------------------------------------------------------------------------------ registry
+@dataclass
+class EngineRegistry:
+    """One ``IndexEngine`` per version folder per process (each opened once, shared by all threads)."""
+
+    _engines: dict[str, IndexEngine] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def get(self, root: str | Path, dim: int, compression: CompressionConfig, **kwargs: Any) -> IndexEngine:
+        key = str(Path(root).resolve())
+        with self._lock:
+            engine = self._engines.get(key)
+            if engine is None:
+                engine = IndexEngine(root, dim, compression, **kwargs)
+                self._engines[key] = engine
+            return engine
+
+    def drop(self, root: str | Path) -> None:
+        with self._lock:
+            self._engines.pop(str(Path(root).resolve()), None)
+
+    def drop_under(self, folder: str | Path) -> None:
+        prefix = str(Path(folder).resolve())
+        with self._lock:
+            for k in [k for k in self._engines if k == prefix or k.startswith(prefix + "/")]:
+                self._engines.pop(k)
+
+
+REGISTRY = EngineRegistry()
