@@ -501,6 +501,9 @@ def pool_by_centroid(
         (n_units,) int64 pooled rows per unit.
     """
     lengths = np.asarray(lengths, dtype=np.int64)
+    if int(lengths.sum()) == 0:  # only text-less units (a blank image): nothing to pool
+        dim = int(np.shape(vectors)[1]) if np.ndim(vectors) == 2 else 0
+        return np.zeros((0, dim), np.float32), np.zeros(0, np.int32), np.zeros(lengths.size, np.int64)
     ids = np.asarray(assignments).astype(np.int64) & 0xFFFFFFFF  # int16 views of uint16 codes too
     unit = np.repeat(np.arange(lengths.size, dtype=np.int64), lengths)  # (n_rows,)
     key = unit * (1 << 32) + ids  # (n_rows,)
