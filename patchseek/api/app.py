@@ -12,12 +12,14 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 import patchseek
 from patchseek import metrics
 from patchseek.api.deps import require_api_key
 from patchseek.api.routers import collections, context, documents, health, jobs, search, units
 from patchseek.api.routers import metrics as metrics_router
+from patchseek.api.routers._responses import SECURED
 from patchseek.api.services import (
     CollectionService,
     IngestService,
@@ -33,6 +35,16 @@ from patchseek.errors import PatchseekError
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
+
+
+def _allowed_methods(app: FastAPI, request: Request) -> str:
+    """Every method some route serves at this path (Starlette's own 405 names only the first route's)."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -91,9 +103,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse({"detail": str(exc.detail), "code": code}, status_code=exc.status_code)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(app, request)
+        return JSONResponse(
+            {"detail": str(exc.detail), "code": code}, status_code=exc.status_code, headers=headers
+        )
 
     @app.middleware("http")
     async def _timing(request: Request, call_next):  # type: ignore[no-untyped-def]
@@ -115,5 +132,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics_router.router)
     secured = [Depends(require_api_key)]
     for module in (collections, documents, jobs, search, context, units):
-        app.include_router(module.router, dependencies=secured)
+        app.include_router(module.router, dependencies=secured, responses=SECURED)
     return app
