@@ -11,6 +11,7 @@ from pathlib import Path
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -75,7 +76,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 app.state.worker.join(timeout=30)
             ctx.close()
 
-    app = FastAPI(
+    # Swagger UI and ReDoc from the assets fastapi-offline ships, so /docs and /redoc work without network.
+    app = FastAPIOffline(
+        static_url="/docs-assets",
         title="patchseek",
         version=patchseek.__version__,
         description="Multi-vector visual retrieval over PDFs, images and videos.",
