@@ -36,6 +36,17 @@ from patchseek.errors import PatchseekError
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
+# The web page runs only its own script file: no inline script or style, no other origin; thumbnails are
+# blob: URLs of images fetched with the key header.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; connect-src 'self'; "
+    "form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+PAGE_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def _allowed_methods(app: FastAPI, request: Request) -> str:
@@ -129,7 +140,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
         """The web page: upload, search, results with thumbnails, page/time and heat maps."""
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers=PAGE_HEADERS)
+
+    @app.get("/app.js", include_in_schema=False)
+    def page_script() -> FileResponse:
+        return FileResponse(STATIC_DIR / "app.js", media_type="text/javascript", headers=PAGE_HEADERS)
+
+    @app.get("/app.css", include_in_schema=False)
+    def page_style() -> FileResponse:
+        return FileResponse(STATIC_DIR / "app.css", media_type="text/css", headers=PAGE_HEADERS)
 
     app.include_router(health.router)
     app.include_router(metrics_router.router)
