@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     job_stale_seconds: float = Field(
         default=300, gt=0, description="a running job without a heartbeat for this long is re-queued"
     )
+    # web/contract
+    metrics_require_key: bool | None = Field(
+        default=None,
+        description="/metrics needs an unscoped X-API-Key (it names every collection); unset: yes once "
+        "any API key exists",
+    )
 
     @property
     def resolved_database_url(self) -> str:

@@ -11,13 +11,16 @@ from pathlib import Path
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 import patchseek
 from patchseek import metrics
 from patchseek.api.deps import require_api_key
 from patchseek.api.routers import collections, context, documents, health, jobs, search, units
 from patchseek.api.routers import metrics as metrics_router
+from patchseek.api.routers._responses import SECURED
 from patchseek.api.services import (
     CollectionService,
     IngestService,
@@ -33,6 +36,27 @@ from patchseek.errors import PatchseekError
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
+# The web page runs only its own script file: no inline script or style, no other origin; thumbnails are
+# blob: URLs of images fetched with the key header.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; connect-src 'self'; "
+    "form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+PAGE_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def _allowed_methods(app: FastAPI, request: Request) -> str:
+    """Every method some route serves at this path (Starlette's own 405 names only the first route's)."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -63,7 +87,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 app.state.worker.join(timeout=30)
             ctx.close()
 
-    app = FastAPI(
+    # Swagger UI and ReDoc from the assets fastapi-offline ships, so /docs and /redoc work without network.
+    app = FastAPIOffline(
+        static_url="/docs-assets",
         title="patchseek",
         version=patchseek.__version__,
         description="Multi-vector visual retrieval over PDFs, images and videos.",
@@ -91,9 +117,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse({"detail": str(exc.detail), "code": code}, status_code=exc.status_code)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(app, request)
+        return JSONResponse(
+            {"detail": str(exc.detail), "code": code}, status_code=exc.status_code, headers=headers
+        )
 
     @app.middleware("http")
     async def _timing(request: Request, call_next):  # type: ignore[no-untyped-def]
@@ -109,11 +140,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
         """The web page: upload, search, results with thumbnails, page/time and heat maps."""
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers=PAGE_HEADERS)
+
+    @app.get("/app.js", include_in_schema=False)
+    def page_script() -> FileResponse:
+        return FileResponse(STATIC_DIR / "app.js", media_type="text/javascript", headers=PAGE_HEADERS)
+
+    @app.get("/app.css", include_in_schema=False)
+    def page_style() -> FileResponse:
+        return FileResponse(STATIC_DIR / "app.css", media_type="text/css", headers=PAGE_HEADERS)
 
     app.include_router(health.router)
     app.include_router(metrics_router.router)
     secured = [Depends(require_api_key)]
     for module in (collections, documents, jobs, search, context, units):
-        app.include_router(module.router, dependencies=secured)
+        app.include_router(module.router, dependencies=secured, responses=SECURED)
     return app

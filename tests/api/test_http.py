@@ -279,4 +279,5 @@ def test_rag_context_heatmap_rebuild_metrics_page(tmp_path, samples) -> None:  #
         assert "patchseek_request_seconds_bucket" in text and "patchseek_jobs_queued 0.0" in text
 
         page = client.get("/")
-        assert page.status_code == 200 and "patchseek" in page.text and "/v1/collections" in page.text
+        assert page.status_code == 200 and "patchseek" in page.text and "/app.js" in page.text
+        assert "/v1/collections" in client.get("/app.js").text

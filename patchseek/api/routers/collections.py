@@ -3,6 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, status
 
 from patchseek.api.deps import CollectionServiceDep, PrincipalDep, RebuildServiceDep, SearchServiceDep
+from patchseek.api.routers._responses import NamePath, errors
 from patchseek.api.routers._views import job_public
 from patchseek.api.schemas import (
     CollectionCreate,
@@ -29,7 +30,9 @@ def _public(row: tuple) -> CollectionPublic:  # type: ignore[type-arg]
     )
 
 
-@router.post("", response_model=CollectionPublic, status_code=status.HTTP_201_CREATED)
+@router.post(
+    "", response_model=CollectionPublic, status_code=status.HTTP_201_CREATED, responses=errors(400, 409, 422)
+)
 def create_collection(
     body: CollectionCreate, service: CollectionServiceDep, principal: PrincipalDep
 ) -> CollectionPublic:
@@ -50,29 +53,36 @@ def list_collections(service: CollectionServiceDep, principal: PrincipalDep) -> 
     return [_public(row) for row in rows]
 
 
-@router.get("/{name}", response_model=CollectionPublic)
-def get_collection(name: str, service: CollectionServiceDep, search: SearchServiceDep) -> CollectionPublic:
+@router.get("/{name}", response_model=CollectionPublic, responses=errors(404, 422))
+def get_collection(name: NamePath, service: CollectionServiceDep, search: SearchServiceDep) -> CollectionPublic:
     """A collection with its counts and its index's cost: segments, fitted state, bytes per page."""
     public = _public(service.get(name))
     public.index = IndexStats(**search.stats(name))
     return public
 
 
-@router.patch("/{name}", response_model=CollectionPublic)
-def update_collection(name: str, body: CollectionUpdate, service: CollectionServiceDep) -> CollectionPublic:
+@router.patch("/{name}", response_model=CollectionPublic, responses=errors(400, 404, 422))
+def update_collection(
+    name: NamePath, body: CollectionUpdate, service: CollectionServiceDep
+) -> CollectionPublic:
     """Update a collection's description (encoder and compression change through a rebuild)."""
     service.update(name, description=body.description)
     return _public(service.get(name))
 
 
-@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_collection(name: str, service: CollectionServiceDep) -> None:
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(404, 409, 422))
+def delete_collection(name: NamePath, service: CollectionServiceDep) -> None:
     service.delete(name)
 
 
-@router.post("/{name}/rebuild", response_model=JobPublic, status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/{name}/rebuild",
+    response_model=JobPublic,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=errors(400, 404, 409, 422),
+)
 def rebuild_collection(
-    name: str, body: RebuildRequest, request: Request, service: RebuildServiceDep
+    name: NamePath, body: RebuildRequest, request: Request, service: RebuildServiceDep
 ) -> JobPublic:
     """Queue a rebuild into a new index version (optionally with a new encoder or compression); the
     old version keeps serving searches until the new one is swapped in."""

@@ -5,6 +5,7 @@ import base64
 from fastapi import APIRouter, Request
 
 from patchseek.api.deps import SearchServiceDep
+from patchseek.api.routers._responses import NamePath, errors
 from patchseek.api.schemas import ContextItemPublic, ContextRequest, ContextResponse
 
 router = APIRouter(prefix="/v1/collections/{name}/context", tags=["rag"])
@@ -15,9 +16,9 @@ _PREAMBLE = (
 )
 
 
-@router.post("", response_model=ContextResponse)
+@router.post("", response_model=ContextResponse, responses=errors(400, 404, 422))
 def rag_context(
-    name: str, body: ContextRequest, request: Request, service: SearchServiceDep
+    name: NamePath, body: ContextRequest, request: Request, service: SearchServiceDep
 ) -> ContextResponse:
     """Top hits as citable context: text, citation, score and page images, plus a ready chat message."""
     _, items = service.context(name, query=body.query, top_k=body.top_k, with_images=body.images == "base64")

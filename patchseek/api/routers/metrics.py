@@ -1,17 +1,35 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.security import APIKeyHeader
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import func, select
 
 from patchseek import metrics
 from patchseek.api.db.models import Collection, IndexVersion, Job, Unit
 from patchseek.api.deps import ContextDep
+from patchseek.api.routers._responses import errors
 
 router = APIRouter(tags=["health"])
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 
-@router.get("/metrics", response_class=Response)
+def require_metrics_key(request: Request, key: Annotated[str | None, Depends(_api_key)] = None) -> None:
+    """Unless ``PATCHSEEK_METRICS_REQUIRE_KEY`` is false, the caller needs an unscoped key once any key
+    exists (the metrics name every collection)."""
+    if request.app.state.ctx.settings.metrics_require_key is False:
+        return
+    request.app.state.keys.authenticate(key).require_admin()
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    dependencies=[Depends(require_metrics_key)],
+    responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}, **errors(401, 403)},
+)
 def prometheus_metrics(ctx: ContextDep) -> Response:
     """Prometheus metrics: request latency, queue depth, ingest throughput, index size."""
     with ctx.db.session() as session:

@@ -2,25 +2,32 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 
 from fastapi import APIRouter
 
 from patchseek.api.deps import SearchServiceDep
+from patchseek.api.routers._responses import NamePath, errors
 from patchseek.api.routers._views import unit_urls
-from patchseek.api.schemas import SearchHit, SearchRequest, SearchResponse
+from patchseek.api.schemas import QUERY_TEXT_PATTERN, SearchHit, SearchRequest, SearchResponse
 from patchseek.errors import InvalidInputError
 
+_QUERY_TEXT = re.compile(QUERY_TEXT_PATTERN)
 router = APIRouter(prefix="/v1/collections/{name}/search", tags=["search"])
 
 
-@router.post("", response_model=SearchResponse)
-def search(name: str, body: SearchRequest, service: SearchServiceDep) -> SearchResponse:
+@router.post("", response_model=SearchResponse, responses=errors(400, 404, 413, 415, 422))
+def search(name: NamePath, body: SearchRequest, service: SearchServiceDep) -> SearchResponse:
+    if body.image_base64 is None and (body.query is None or not _QUERY_TEXT.search(body.query)):
+        raise InvalidInputError("give a non-empty text query or an image")
     image = None
     if body.image_base64 is not None:
         try:
             image = base64.b64decode(body.image_base64, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise InvalidInputError("image_base64 is not valid base64") from exc
+        if not image:
+            raise InvalidInputError("image_base64 is empty; send the bytes of a PNG, JPEG or WebP image")
     result = service.search(
         name,
         query=body.query,

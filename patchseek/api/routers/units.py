@@ -6,6 +6,7 @@ from fastapi import APIRouter, Query, Response
 
 from patchseek.api.db.models import Collection, Unit
 from patchseek.api.deps import ContextDep, IdPath, PrincipalDep, SearchServiceDep
+from patchseek.api.routers._responses import errors
 from patchseek.api.services.keys import Principal
 from patchseek.errors import NotFoundError
 
@@ -24,19 +25,31 @@ def _unit_blob(ctx: ContextDep, principal: Principal, unit_id: IdPath, thumbnail
     return ctx.blobs.get(key)
 
 
-@router.get("/{unit_id}/image", response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
+@router.get(
+    "/{unit_id}/image",
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}}}, **errors(404, 422)},
+)
 def unit_image(unit_id: IdPath, ctx: ContextDep, principal: PrincipalDep) -> Response:
     """The unit's rendered page / image / frame as JPEG."""
     return Response(_unit_blob(ctx, principal, unit_id, False), media_type="image/jpeg", headers=_IMMUTABLE)
 
 
-@router.get("/{unit_id}/thumbnail", response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
+@router.get(
+    "/{unit_id}/thumbnail",
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}}}, **errors(404, 422)},
+)
 def unit_thumbnail(unit_id: IdPath, ctx: ContextDep, principal: PrincipalDep) -> Response:
     """A small JPEG of the unit (longest side ``PATCHSEEK_THUMBNAIL_SIZE``)."""
     return Response(_unit_blob(ctx, principal, unit_id, True), media_type="image/jpeg", headers=_IMMUTABLE)
 
 
-@router.get("/{unit_id}/heatmap", response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
+@router.get(
+    "/{unit_id}/heatmap",
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}}}, **errors(404, 422)},
+)
 def unit_heatmap(
     unit_id: IdPath,
     query: Annotated[str, Query(min_length=1, max_length=4096)],

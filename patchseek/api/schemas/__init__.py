@@ -2,28 +2,102 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
 # Database ids are 32-bit integers (PostgreSQL INTEGER); anything outside is refused up front.
 MAX_ID = 2_147_483_647
 DbId = Annotated[int, Field(ge=1, le=MAX_ID)]
+# A collection name, as created (``CollectionCreate.name``) and as it appears in URL paths.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+# No C0 or C1 control characters except tab, newline and carriage return: PostgreSQL refuses NUL in text
+# columns, and none of the others belongs in a description. Written for both pydantic and JSON Schema.
+STORED_TEXT_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
+
+
+def _as_utc(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes for columns written as UTC; PostgreSQL keeps the offset.
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+# A timestamp, always serialized with its UTC offset (RFC 3339 ``date-time``).
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+# Client text that is stored in the database.
+StoredText = Annotated[str, Field(pattern=STORED_TEXT_PATTERN)]
+
+
+# What ``CompressionConfig.from_dict`` accepts, for the OpenAPI document (the service validates; a test pins
+# that these properties are the config's fields).
+_INT = {"type": "integer"}
+COMPRESSION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "prune → merge → quantize settings (see CompressionConfig); missing keys take defaults",
+    "properties": {
+        "prune": {"enum": ["none", "topp", "adaptive"]},
+        "prune_ratio": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        "prune_k": {"type": "number"},
+        "prune_min": {**_INT, "minimum": 1},
+        "merge": {"enum": ["none", "hierarchical"]},
+        "pool_factor": {**_INT, "minimum": 1},
+        "quantizer": {"enum": ["none", "binary", "kmeans", "pq", "bebr"]},
+        "binary_center": {"type": "boolean"},
+        "kmeans_k": {**_INT, "minimum": 2, "maximum": 65536},
+        "residual_bits": {"enum": [0, 1, 2, 4]},
+        "pq_m": {**_INT, "minimum": 1},
+        "pq_opq": {"type": "boolean"},
+        "bebr_rounds": {"enum": [0, 1, 3]},
+        "bebr_dim": {**_INT, "minimum": 0},
+        "bebr_scoring": {"enum": ["asymmetric", "sdc"]},
+        "keep": {"enum": ["none", "float16", "int8"]},
+        "video_segment_frames": {**_INT, "minimum": 1},
+        "seed": {**_INT, "minimum": 0},
+    },
+}
+Compression = Annotated[dict[str, Any], WithJsonSchema(COMPRESSION_SCHEMA)]
+# Upload metadata as ``validate_metadata`` accepts it: a flat object of scalars.
+METADATA_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "maxProperties": 64,
+    "propertyNames": {"minLength": 1, "maxLength": 128},
+    "additionalProperties": {
+        "anyOf": [{"type": "string", "maxLength": 1024}, {"type": "number"}, {"type": "boolean"}]
+    },
+}
+# Standard base64 with padding (``base64.b64decode(..., validate=True)``), at least one byte.
+BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=|[A-Za-z0-9+/]{4})$"
 
 
 class ErrorPublic(BaseModel):
+    """Every 4xx and 5xx answer: ``code`` is stable and machine-readable, ``detail`` says what to do."""
+
     detail: str
     code: str
+
+
+class FieldError(BaseModel):
+    loc: list[str | int]
+    msg: str
+
+
+class ValidationErrorPublic(ErrorPublic):
+    """A 422: the request did not match the schema (``errors`` lists each field) or its content was
+    refused by the service (no ``errors``)."""
+
+    errors: list[FieldError] = Field(default_factory=list)
 
 
 class CollectionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    description: str = Field(default="", max_length=4096)
-    encoder: str | None = Field(default=None, max_length=512, description="default: PATCHSEEK_ENCODER")
-    compression: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field(min_length=1, max_length=128, pattern=NAME_PATTERN)
+    description: StoredText = Field(default="", max_length=4096)
+    encoder: StoredText | None = Field(
+        default=None, min_length=1, max_length=512, description="default: PATCHSEEK_ENCODER"
+    )
+    compression: Compression = Field(default_factory=dict)
 
 
 class CollectionUpdate(BaseModel):
@@ -31,7 +105,7 @@ class CollectionUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    description: str | None = Field(default=None, max_length=4096)
+    description: StoredText | None = Field(default=None, max_length=4096)
 
 
 class IndexStats(BaseModel):
@@ -56,7 +130,7 @@ class CollectionPublic(BaseModel):
     compression: dict[str, Any]
     documents: int
     units: int
-    created_at: datetime
+    created_at: UtcDatetime
     index: IndexStats | None = Field(default=None, description="index engine figures (GET of one collection)")
 
 
@@ -72,7 +146,7 @@ class DocumentPublic(BaseModel):
     error_code: str | None
     n_units: int
     metadata: dict[str, Any]
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class UnitPublic(BaseModel):
@@ -112,16 +186,41 @@ class JobPublic(BaseModel):
     total: int
     documents: list[DocumentResultPublic]
     error: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
+
+
+# What ``str.strip`` removes (and U+FEFF), spelled out so that Python and JSON Schema read it alike.
+_BLANK = r"\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+# A text query must contain something other than white space.
+QUERY_TEXT_PATTERN = f"[^{_BLANK}]"
 
 
 class SearchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A text ``query`` or an ``image_base64`` query (one of the two is required)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [
+                {
+                    "required": ["query"],
+                    "properties": {"query": {"type": "string", "pattern": QUERY_TEXT_PATTERN}},
+                },
+                {"required": ["image_base64"], "properties": {"image_base64": {"type": "string"}}},
+            ]
+        },
+    )
 
     query: str | None = Field(default=None, max_length=4096, description="text query")
-    image_base64: str | None = Field(default=None, max_length=20_000_000, description="image query")
+    image_base64: str | None = Field(
+        default=None,
+        max_length=20_000_000,
+        description="image query (PNG, JPEG, WebP), base64",
+        # Documented only: the router decodes it and answers a bad one as ``invalid_input``.
+        json_schema_extra={"pattern": BASE64_PATTERN},
+    )
     top_k: int = Field(default=10, ge=1, le=1000)
     document_ids: list[DbId] | None = Field(default=None, max_length=10_000)
     media_types: list[Literal["pdf", "image", "video"]] | None = None
@@ -164,8 +263,10 @@ class SearchResponse(BaseModel):
 class RebuildRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    encoder: str | None = Field(default=None, max_length=512, description="default: the collection's")
-    compression: dict[str, Any] | None = Field(default=None, description="default: the collection's")
+    encoder: StoredText | None = Field(
+        default=None, min_length=1, max_length=512, description="default: the collection's"
+    )
+    compression: Compression | None = Field(default=None, description="default: the collection's")
 
 
 class ContextRequest(BaseModel):

@@ -457,7 +457,13 @@ def add_units(
         )
 
 
+# C0 and C1 control characters, for str.translate: PostgreSQL refuses NUL in text, and none of them
+# belongs in a file name.
+_CONTROL_CHARS = dict.fromkeys([*range(0x20), *range(0x7F, 0xA0)])
+
+
 def _safe_filename(name: str) -> str:
-    """Keep only the last path component of a client-supplied name (never used as a path)."""
-    base = name.replace("\\", "/").rsplit("/", 1)[-1].strip() or "upload"
+    """Keep only the last path component of a client-supplied name (never used as a path), without
+    control characters."""
+    base = name.translate(_CONTROL_CHARS).replace("\\", "/").rsplit("/", 1)[-1].strip() or "upload"
     return base[:512]
