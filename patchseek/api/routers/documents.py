@@ -60,13 +60,17 @@ def upload_documents(
     limit = service.ctx.settings.max_upload_bytes
     payload = [(f.filename or "upload", _read_limited(f, limit)) for f in files]
     meta = _metadata(metadata)
-    job = service.submit(name, payload, status="running" if wait else "queued", metadata=meta)
-    if wait:
+    if not wait:
+        job = service.submit(name, payload, metadata=meta)
+        if (worker := getattr(request.app.state, "worker", None)) is not None:
+            worker.wake()
+        return job_public(job, name)
+    # A heavy slot first: a 503 before anything is stored when the server is saturated.
+    with service.ctx.heavy_slot():
+        job = service.submit(name, payload, status="running", metadata=meta)
         if job.status == "running":
             job = service.run_job(job.id)
-        response.status_code = status.HTTP_200_OK
-    elif (worker := getattr(request.app.state, "worker", None)) is not None:
-        worker.wake()
+    response.status_code = status.HTTP_200_OK
     return job_public(job, name)
 
 

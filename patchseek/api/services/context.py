@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from patchseek.api.db.session import Database
 from patchseek.config import Settings
-from patchseek.errors import InvalidInputError
+from patchseek.errors import InvalidInputError, ServiceBusyError
 from patchseek.indexer.blobs import BlobStore
 from patchseek.indexer.encoders import Encoder, load_encoder
 from patchseek.indexer.sources import ReadOptions
@@ -24,6 +26,11 @@ class ServiceContext:
     segments: SegmentStore
     _encoders: dict[str, Encoder] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # PATCHSEEK_MAX_HEAVY_REQUESTS slots for rendering, decoding and encoding (see ``heavy_slot``)
+    _heavy: threading.BoundedSemaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._heavy = threading.BoundedSemaphore(self.settings.max_heavy_requests)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, upgrade: bool = True) -> ServiceContext:
@@ -44,7 +51,28 @@ class ServiceContext:
             image_max_side=s.image_max_side,
             video_interval=s.video_interval,
             video_max_frames=s.video_max_frames,
+            max_page_pixels=s.max_page_pixels,
+            max_decode_pixels=s.max_decode_pixels,
         )
+
+    @contextmanager
+    def heavy_slot(self, *, wait_forever: bool = False) -> Iterator[None]:
+        """Hold one of ``PATCHSEEK_MAX_HEAVY_REQUESTS`` slots while rendering, decoding and encoding.
+
+        Each such piece of work can take hundreds of MB; the slots bound how many run at once in this
+        process. A request waits up to ``PATCHSEEK_HEAVY_WAIT_SECONDS`` for a slot, then gets
+        ``ServiceBusyError`` (503); a worker (``wait_forever``) waits as long as it takes.
+        """
+        timeout = None if wait_forever else self.settings.heavy_wait_seconds
+        if not self._heavy.acquire(timeout=timeout):
+            raise ServiceBusyError(
+                f"the server is busy with {self.settings.max_heavy_requests} renders or encodes "
+                "(PATCHSEEK_MAX_HEAVY_REQUESTS); retry in a few seconds"
+            )
+        try:
+            yield
+        finally:
+            self._heavy.release()
 
     def encoder(self, spec: str | None = None) -> Encoder:
         """The encoder for ``spec`` (a collection's recorded encoder); loaded once per process."""

@@ -389,7 +389,8 @@ class SearchService:
             collection = get_collection(session, collection_name)
         encoder = self.ctx.encoder(collection.encoder)
         if image is not None:
-            q = encoder.encode_image_queries([read_image(image).image])[0]
+            unit = read_image(image, max_pixels=self.ctx.settings.max_decode_pixels)
+            q = encoder.encode_image_queries([unit.image])[0]
         else:
             q = encoder.encode_queries([query or ""])[0]
         cached = self._index(collection)

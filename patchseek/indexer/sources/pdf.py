@@ -68,16 +68,18 @@ def render_scale(width_pt: float, height_pt: float, dpi: float, max_pixels: int)
 
     >>> render_scale(595, 842, 72, 10**9)
     1.0
-    >>> s = render_scale(14400, 14400, 100, 4096 * 4096)
-    >>> round(14400 * s)
-    4096
+    >>> s = render_scale(14400, 14400, 100, 4096 * 4096)  # a 200-inch page: 20000 px at 100 dpi
+    >>> math.ceil(14400 * s)
+    4095
     """
     scale = dpi / 72
-    area = max(width_pt, 1e-6) * max(height_pt, 1e-6)
-    if area * scale * scale > max_pixels:
-        # floor keeps the rounded-up bitmap sides inside the budget
-        scale = math.sqrt(max_pixels / area) * (1 - 1e-6)
-    return scale
+    w, h = max(width_pt, 1e-6), max(height_pt, 1e-6)
+    if math.ceil(w * scale) * math.ceil(h * scale) <= max_pixels:
+        return scale
+    # pypdfium2 makes the bitmap ceil(w * s) x ceil(h * s); (w s + 1)(h s + 1) <= max_pixels bounds that,
+    # and its positive root is the largest such s (at most one pixel per side below the exact budget).
+    b = w + h
+    return min(scale, (-b + math.sqrt(b * b + 4 * w * h * (max_pixels - 1))) / (2 * w * h))
 
 
 def page_words(page: pdfium.PdfPage) -> list[Word] | None:
@@ -200,7 +202,7 @@ def read_pdf(
             for index in range(n_pages):
                 try:
                     image, words = render_page(pdf, index, dpi=dpi, max_pixels=max_pixels)
-                except pdfium.PdfiumError as exc:
+                except (pdfium.PdfiumError, ValueError) as exc:  # ValueError: a page of zero size
                     raise DocumentReadError(f"page {index + 1} cannot be rendered ({exc})") from exc
                 yield SourceUnit(kind="page", index=index, image=image, words=words)
         finally:
