@@ -62,16 +62,25 @@ def update_collection(name: str, body: CollectionUpdate, service: CollectionServ
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_collection(name: str, service: CollectionServiceDep) -> None:
+def delete_collection(name: str, service: CollectionServiceDep, principal: PrincipalDep) -> None:
+    """Delete a collection with its documents (needs an unscoped key)."""
+    principal.require_admin()
     service.delete(name)
 
 
 @router.post("/{name}/rebuild", response_model=JobPublic, status_code=status.HTTP_202_ACCEPTED)
 def rebuild_collection(
-    name: str, body: RebuildRequest, request: Request, service: RebuildServiceDep
+    name: str,
+    body: RebuildRequest,
+    request: Request,
+    service: RebuildServiceDep,
+    collections: CollectionServiceDep,
+    principal: PrincipalDep,
 ) -> JobPublic:
     """Queue a rebuild into a new index version (optionally with a new encoder or compression); the
-    old version keeps serving searches until the new one is swapped in."""
+    old version keeps serving searches until the new one is swapped in. A new encoder needs an
+    unscoped key and must be enabled on the server (``PATCHSEEK_ENCODERS``)."""
+    principal.require_encoder_change(body.encoder, collections.get(name)[0].encoder)
     job = service.submit(name, encoder=body.encoder, compression=body.compression)
     if (worker := getattr(request.app.state, "worker", None)) is not None:
         worker.wake()

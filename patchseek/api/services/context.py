@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from patchseek.api.db.session import Database
 from patchseek.config import Settings
-from patchseek.errors import InvalidInputError, ServiceBusyError
+from patchseek.errors import EncoderNotAllowedError, InvalidInputError, ServiceBusyError
 from patchseek.indexer.blobs import BlobStore
 from patchseek.indexer.encoders import Encoder, load_encoder
 from patchseek.indexer.sources import ReadOptions
@@ -74,6 +74,11 @@ class ServiceContext:
         finally:
             self._heavy.release()
 
+    @property
+    def allowed_encoders(self) -> frozenset[str]:
+        """Encoders a client may name: ``PATCHSEEK_ENCODER`` and the ``PATCHSEEK_ENCODERS`` list."""
+        return frozenset((self.settings.encoder, *self.settings.encoders))
+
     def encoder(self, spec: str | None = None) -> Encoder:
         """The encoder for ``spec`` (a collection's recorded encoder); loaded once per process."""
         spec = spec or self.settings.encoder
@@ -83,8 +88,18 @@ class ServiceContext:
             return self._encoders[spec]
 
     def check_encoder_spec(self, spec: str) -> None:
+        """Refuse an encoder that is not on the operator's allow-list, by name alone.
+
+        Nothing is looked up on disk or on the Hub for a refused name, so the answer is the same for a
+        path that exists, one that does not and a Hub id: it reveals nothing about the server.
+        """
         if not spec or len(spec) > 512:
             raise InvalidInputError("encoder must be 'lexical' or a colpali-engine model id / local path")
+        if spec not in self.allowed_encoders:
+            raise EncoderNotAllowedError(
+                f"encoder {spec!r} is not enabled on this server; leave encoder out to use the server's "
+                "default, or ask the operator to add it to PATCHSEEK_ENCODERS"
+            )
 
     def close(self) -> None:
         self.db.dispose()
