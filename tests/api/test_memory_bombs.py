@@ -8,10 +8,7 @@ reset in between (``/proc/<pid>/clear_refs``), so start-up and earlier requests 
 from __future__ import annotations
 
 import base64
-import os
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from patchseek.samples import make_pdf, make_receipt_png
+from tests.api.subprocess_server import server_process
 from tests.bombs import pdf_bomb, png_bomb
 
-REPO = Path(__file__).resolve().parents[2]
 MiB = 1024 * 1024
 MAX_GROWTH = 600 * MiB  # the bound the server must stay under; unbounded, these took 4-5 GiB
 PAGE_BUDGET = 4096 * 4096  # PATCHSEEK_MAX_PAGE_PIXELS default
@@ -50,44 +48,15 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "PATCHSEEK_DATA_DIR": str(tmp_path_factory.mktemp("bombs") / "data"),
-        "PATCHSEEK_OCR": "false",
-        "PATCHSEEK_PDF_DPI": "100",
-    }
-    env.pop("PATCHSEEK_DATABASE_URL", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "patchseek.cli", "serve", "--port", str(port)], cwd=REPO, env=env
-    )
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if client.get("/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.2)
+    data = tmp_path_factory.mktemp("bombs") / "data"
+    with server_process(data, PATCHSEEK_PDF_DPI="100") as (proc, client):
         assert client.post("/v1/collections", json={"name": "c"}).status_code == 201
         # Warm up: a normal PDF and an image query, so imports and caches are in place before measuring.
-        from patchseek.samples import make_pdf, make_receipt_png
-
         r = client.post("/v1/collections/c/documents?wait=true", files=[("files", ("ok.pdf", make_pdf()))])
         assert r.status_code == 200 and r.json()["status"] == "succeeded"
         image = base64.b64encode(make_receipt_png()).decode()
         assert client.post("/v1/collections/c/search", json={"image_base64": image}).status_code == 200
         yield Server(proc, client)
-    finally:
-        client.close()
-        proc.terminate()
-        proc.wait(30)
 
 
 def test_pdf_with_an_enormous_page_is_rendered_within_the_pixel_budget(server: Server) -> None:
