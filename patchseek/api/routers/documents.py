@@ -7,7 +7,7 @@ from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile,
 from sqlalchemy import select
 
 from patchseek.api.db.models import Document, Unit
-from patchseek.api.deps import ContextDep, IdPath, IngestServiceDep
+from patchseek.api.deps import ContextDep, IdPath, IngestServiceDep, JobServiceDep
 from patchseek.api.routers._views import document_detail, document_public, job_public
 from patchseek.api.schemas import DocumentDetail, DocumentPublic, JobPublic
 from patchseek.api.services.collections import get_collection
@@ -49,6 +49,7 @@ def upload_documents(
     response: Response,
     files: Annotated[list[UploadFile], File(description="PDFs, images or videos")],
     service: IngestServiceDep,
+    jobs: JobServiceDep,
     wait: Annotated[
         bool, Query(description="ingest before answering (200) instead of queueing (202)")
     ] = False,
@@ -65,11 +66,13 @@ def upload_documents(
         if (worker := getattr(request.app.state, "worker", None)) is not None:
             worker.wake()
         return job_public(job, name)
-    # A heavy slot first: a 503 before anything is stored when the server is saturated.
+    # A heavy slot first (503 before anything is stored when the server is saturated), then a job this
+    # request runs itself, with a heartbeat so that a restart re-queues it should the process die.
     with service.ctx.heavy_slot():
         job = service.submit(name, payload, status="running", metadata=meta)
         if job.status == "running":
-            job = service.run_job(job.id)
+            with jobs.heartbeat(job.id):
+                job = service.run_job(job.id)
     response.status_code = status.HTTP_200_OK
     return job_public(job, name)
 
