@@ -48,6 +48,31 @@ class Settings(BaseSettings):
         "any API key exists",
     )
 
+    # safety
+    max_page_pixels: int = Field(
+        default=4096 * 4096, ge=65536, description="rendered pixels per PDF page; larger pages drawn smaller"
+    )
+    max_decode_pixels: int = Field(
+        default=40_000_000,
+        ge=65536,
+        description="decoded pixels per image (uploads and image queries); larger ones get image_too_large",
+    )
+    max_heavy_requests: int = Field(
+        default=2, ge=1, description="ingests and image queries that render, decode and encode at once"
+    )
+    heavy_wait_seconds: float = Field(
+        default=30, gt=0, description="how long a heavy request waits for a slot before a 503 server_busy"
+    )
+    encoders: list[str] = Field(
+        default_factory=list,
+        description="encoders clients may choose (JSON list); PATCHSEEK_ENCODER is always allowed",
+    )
+    job_heartbeat_seconds: float = Field(
+        default=5,
+        gt=0,
+        description="how often a running job's worker proves it is alive; 4 missed beats re-queue the job",
+    )
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -62,3 +62,27 @@ class KernelUnavailableError(PatchseekError):
 
 class MissingDependencyError(PatchseekError):
     code, status_code = "missing_dependency", 500
+
+
+class TooManyPagesError(DocumentReadError):
+    """A PDF with more pages than ``PATCHSEEK_MAX_PAGES``: readable, but refused."""
+
+    code, status_code = "too_many_pages", 422
+
+
+class ImageTooLargeError(PayloadTooLargeError):
+    """An image (or a page) whose decoded pixels would exceed the server's pixel budget."""
+
+    code, status_code = "image_too_large", 413
+
+
+class ServiceBusyError(PatchseekError):
+    """Every slot for heavy work (rendering, decoding, encoding) stayed taken for too long."""
+
+    code, status_code = "server_busy", 503
+
+
+class EncoderNotAllowedError(InvalidInputError):
+    """An encoder that is not on the operator's allow-list (``PATCHSEEK_ENCODERS``)."""
+
+    code, status_code = "encoder_not_allowed", 422

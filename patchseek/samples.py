@@ -73,12 +73,16 @@ def _text_image(lines: list[str], size: tuple[int, int], *, font_size: int = 44)
 
 
 def make_pdf() -> bytes:
-    """A three-page PDF with a real text layer (reportlab)."""
+    """A three-page PDF with a real text layer (reportlab), the same bytes on every call.
+
+    ``invariant=1`` leaves out the creation date and the random document id, so ``make demo`` run
+    again finds the same bytes already ingested.
+    """
     from reportlab.lib.pagesizes import A4
     from reportlab.pdfgen import canvas
 
     buf = io.BytesIO()
-    pdf = canvas.Canvas(buf, pagesize=A4)
+    pdf = canvas.Canvas(buf, pagesize=A4, invariant=1)
     width, height = A4
     for title, lines in PDF_PAGES:
         pdf.setFont("Helvetica-Bold", 24)

@@ -222,7 +222,7 @@ def test_scoped_keys_are_hashed_at_rest(tmp_path, samples) -> None:  # type: ign
         _, other = KeyService(keys_ctx).create("other", ["b"])
         KeyService(keys_ctx).revoke(row.id)
         keys_ctx.close()
-        assert client.get(f"/v1/units/{unit_id}/image", headers={"X-API-Key": other}).status_code == 403
+        assert client.get(f"/v1/units/{unit_id}/image", headers={"X-API-Key": other}).status_code == 404
         assert client.get("/v1/collections", headers=h).status_code == 401  # revoked
 
 

@@ -44,7 +44,10 @@ def test_cli_with_a_local_model(tmp_path, model_dir, samples, monkeypatch) -> No
 
 
 def test_api_with_a_local_model_and_rebuild_to_lexical(tmp_path, model_dir, samples) -> None:  # type: ignore[no-untyped-def]
-    settings = make_settings(tmp_path / "data", None, worker_in_process=True, ocr=False)
+    # A client may name only the encoders the operator allows (PATCHSEEK_ENCODERS).
+    settings = make_settings(
+        tmp_path / "data", None, worker_in_process=True, ocr=False, encoders=[str(model_dir)]
+    )
     with running_server(settings) as client:
         r = client.post(
             "/v1/collections",

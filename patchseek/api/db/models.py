@@ -144,6 +144,8 @@ class Job(Base):
     # Refreshed while a worker makes progress; a running job whose heartbeat is old belongs to a dead
     # process and goes back to the queue.
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Who runs it: ``host:pid:start-token`` (``jobs.worker_identity``); None for jobs the CLI runs.
+    worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 

@@ -54,7 +54,9 @@ def list_collections(service: CollectionServiceDep, principal: PrincipalDep) -> 
 
 
 @router.get("/{name}", response_model=CollectionPublic, responses=errors(404, 422))
-def get_collection(name: NamePath, service: CollectionServiceDep, search: SearchServiceDep) -> CollectionPublic:
+def get_collection(
+    name: NamePath, service: CollectionServiceDep, search: SearchServiceDep
+) -> CollectionPublic:
     """A collection with its counts and its index's cost: segments, fitted state, bytes per page."""
     public = _public(service.get(name))
     public.index = IndexStats(**search.stats(name))
@@ -70,8 +72,10 @@ def update_collection(
     return _public(service.get(name))
 
 
-@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(404, 409, 422))
-def delete_collection(name: NamePath, service: CollectionServiceDep) -> None:
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(403, 404, 409, 422))
+def delete_collection(name: NamePath, service: CollectionServiceDep, principal: PrincipalDep) -> None:
+    """Delete a collection with its documents (needs an unscoped key)."""
+    principal.require_admin()
     service.delete(name)
 
 
@@ -82,10 +86,17 @@ def delete_collection(name: NamePath, service: CollectionServiceDep) -> None:
     responses=errors(400, 404, 409, 422),
 )
 def rebuild_collection(
-    name: NamePath, body: RebuildRequest, request: Request, service: RebuildServiceDep
+    name: NamePath,
+    body: RebuildRequest,
+    request: Request,
+    service: RebuildServiceDep,
+    collections: CollectionServiceDep,
+    principal: PrincipalDep,
 ) -> JobPublic:
     """Queue a rebuild into a new index version (optionally with a new encoder or compression); the
-    old version keeps serving searches until the new one is swapped in."""
+    old version keeps serving searches until the new one is swapped in. A new encoder needs an
+    unscoped key and must be enabled on the server (``PATCHSEEK_ENCODERS``)."""
+    principal.require_encoder_change(body.encoder, collections.get(name)[0].encoder)
     job = service.submit(name, encoder=body.encoder, compression=body.compression)
     if (worker := getattr(request.app.state, "worker", None)) is not None:
         worker.wake()

@@ -9,7 +9,7 @@ from pydantic import WithJsonSchema
 from sqlalchemy import select
 
 from patchseek.api.db.models import Document, Unit
-from patchseek.api.deps import ContextDep, IdPath, IngestServiceDep
+from patchseek.api.deps import ContextDep, IdPath, IngestServiceDep, JobServiceDep
 from patchseek.api.routers._responses import NamePath, errors
 from patchseek.api.routers._views import document_detail, document_public, job_public
 from patchseek.api.schemas import MAX_ID, METADATA_SCHEMA, DocumentDetail, DocumentPublic, JobPublic
@@ -71,6 +71,7 @@ def upload_documents(
     response: Response,
     files: Annotated[list[UploadFile], File(min_length=1, description="PDFs, images or videos")],
     service: IngestServiceDep,
+    jobs: JobServiceDep,
     wait: Annotated[
         bool, Query(description="ingest before answering (200) instead of queueing (202)")
     ] = False,
@@ -84,13 +85,19 @@ def upload_documents(
     limit = service.ctx.settings.max_upload_bytes
     payload = [(f.filename or "upload", _read_limited(f, limit)) for f in files]
     meta = _metadata(metadata)
-    job = service.submit(name, payload, status="running" if wait else "queued", metadata=meta)
-    if wait:
+    if not wait:
+        job = service.submit(name, payload, metadata=meta)
+        if (worker := getattr(request.app.state, "worker", None)) is not None:
+            worker.wake()
+        return job_public(job, name)
+    # A heavy slot first (503 before anything is stored when the server is saturated), then a job this
+    # request runs itself, with a heartbeat so that a restart re-queues it should the process die.
+    with service.ctx.heavy_slot():
+        job = service.submit(name, payload, status="running", metadata=meta)
         if job.status == "running":
-            job = service.run_job(job.id)
-        response.status_code = status.HTTP_200_OK
-    elif (worker := getattr(request.app.state, "worker", None)) is not None:
-        worker.wake()
+            with jobs.heartbeat(job.id):
+                job = service.run_job(job.id)
+    response.status_code = status.HTTP_200_OK
     return job_public(job, name)
 
 

@@ -12,24 +12,25 @@ from patchseek.api.services.keys import Principal
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
-def _collection_name(service: JobServiceDep, collection_id: int, principal: Principal) -> str:
+def _collection_name(service: JobServiceDep, job_id: int, principal: Principal) -> str:
+    """The job's collection; a job of a collection outside the key's scope is a 404 like a missing one."""
+    job = service.get(job_id)
     with service.ctx.db.session() as session:
-        c = session.get(Collection, collection_id)
-        name = c.name if c is not None else ""
-    principal.check(name)
-    return name
+        c = session.get(Collection, job.collection_id)
+        name = c.name if c is not None else None
+    principal.check_visible(name, f"job {job_id} does not exist")
+    return name or ""
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=errors(404, 422))
 def get_job(job_id: IdPath, service: JobServiceDep, principal: PrincipalDep) -> JobPublic:
     """Status, progress and per-document results of an ingest or rebuild job."""
-    job = service.get(job_id)
-    return job_public(job, _collection_name(service, job.collection_id, principal))
+    name = _collection_name(service, job_id, principal)
+    return job_public(service.get(job_id), name)
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses=errors(404, 409, 422))
 def cancel_job(job_id: IdPath, service: JobServiceDep, principal: PrincipalDep) -> JobPublic:
     """Cancel a queued or running job (documents already ingested stay)."""
-    _collection_name(service, service.get(job_id).collection_id, principal)
-    job = service.cancel(job_id)
-    return job_public(job, _collection_name(service, job.collection_id, principal))
+    name = _collection_name(service, job_id, principal)
+    return job_public(service.cancel(job_id), name)

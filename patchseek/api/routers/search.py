@@ -3,6 +3,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from contextlib import nullcontext
 
 from fastapi import APIRouter
 
@@ -28,20 +29,22 @@ def search(name: NamePath, body: SearchRequest, service: SearchServiceDep) -> Se
             raise InvalidInputError("image_base64 is not valid base64") from exc
         if not image:
             raise InvalidInputError("image_base64 is empty; send the bytes of a PNG, JPEG or WebP image")
-    result = service.search(
-        name,
-        query=body.query,
-        image=image,
-        top_k=body.top_k,
-        document_ids=body.document_ids,
-        media_types=body.media_types,
-        candidates=body.candidates,
-        rerank=body.rerank,
-        stage1=body.stage1,
-        stage1_k=body.stage1_k,
-        nprobe=body.nprobe,
-        metadata=body.metadata,
-    )
+    # Decoding and encoding a query image is heavy work: it waits for a slot (PATCHSEEK_MAX_HEAVY_REQUESTS).
+    with service.ctx.heavy_slot() if image is not None else nullcontext():
+        result = service.search(
+            name,
+            query=body.query,
+            image=image,
+            top_k=body.top_k,
+            document_ids=body.document_ids,
+            media_types=body.media_types,
+            candidates=body.candidates,
+            rerank=body.rerank,
+            stage1=body.stage1,
+            stage1_k=body.stage1_k,
+            nprobe=body.nprobe,
+            metadata=body.metadata,
+        )
     hits = []
     for h in result.hits:
         image_url, thumbnail_url = unit_urls(h.unit_id)

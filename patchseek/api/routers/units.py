@@ -18,9 +18,9 @@ def _unit_blob(ctx: ContextDep, principal: Principal, unit_id: IdPath, thumbnail
     with ctx.db.session() as session:
         unit = session.get(Unit, unit_id)
         collection = session.get(Collection, unit.collection_id) if unit is not None else None
-        if unit is None or collection is None:
+        if unit is None:
             raise NotFoundError(f"unit {unit_id} does not exist")
-        principal.check(collection.name)
+        principal.check_visible(collection.name if collection else None, f"unit {unit_id} does not exist")
         key = unit.thumb_blob if thumbnail else unit.image_blob
     return ctx.blobs.get(key)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -19,6 +20,7 @@ from patchseek.errors import (
 )
 from patchseek.indexer.compress import CompressionConfig
 
+log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -74,8 +76,12 @@ class CollectionService:
         try:
             enc = self.ctx.encoder(spec)
         except (ModelLoadError, MissingDependencyError) as exc:
-            # The client chose the encoder: a model that cannot be loaded is their input to fix.
-            raise InvalidInputError(f"encoder {spec!r} cannot be loaded: {exc}") from exc
+            # The client chose the encoder: a model that cannot be loaded is their input to fix. The
+            # reason names server paths and files, so it goes to the log, not to the client.
+            log.warning("encoder %r cannot be loaded: %s", spec, exc)
+            raise InvalidInputError(
+                f"encoder {spec!r} cannot be loaded on this server; the server log has the reason"
+            ) from exc
         with self.ctx.db.session() as session:
             collection = Collection(
                 name=name, description=description, encoder=spec, compression=compression or {}

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import shutil
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from patchseek.api.db.session import Database
 from patchseek.config import Settings
-from patchseek.errors import InvalidInputError
+from patchseek.errors import EncoderNotAllowedError, InvalidInputError, ServiceBusyError
 from patchseek.indexer.blobs import BlobStore
 from patchseek.indexer.compress import CompressionConfig
 from patchseek.indexer.encoders import Encoder, load_encoder
@@ -27,6 +29,11 @@ class ServiceContext:
     blobs: BlobStore
     _encoders: dict[str, Encoder] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # PATCHSEEK_MAX_HEAVY_REQUESTS slots for rendering, decoding and encoding (see ``heavy_slot``)
+    _heavy: threading.BoundedSemaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._heavy = threading.BoundedSemaphore(self.settings.max_heavy_requests)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, upgrade: bool = True) -> ServiceContext:
@@ -52,6 +59,8 @@ class ServiceContext:
             image_max_side=s.image_max_side,
             video_interval=s.video_interval,
             video_max_frames=s.video_max_frames,
+            max_page_pixels=s.max_page_pixels,
+            max_decode_pixels=s.max_decode_pixels,
         )
 
     def index_root(self, collection_id: int, version_number: int) -> Path:
@@ -82,6 +91,30 @@ class ServiceContext:
         REGISTRY.drop_under(folder)
         shutil.rmtree(folder, ignore_errors=True)
 
+    @contextmanager
+    def heavy_slot(self, *, wait_forever: bool = False) -> Iterator[None]:
+        """Hold one of ``PATCHSEEK_MAX_HEAVY_REQUESTS`` slots while rendering, decoding and encoding.
+
+        Each such piece of work can take hundreds of MB; the slots bound how many run at once in this
+        process. A request waits up to ``PATCHSEEK_HEAVY_WAIT_SECONDS`` for a slot, then gets
+        ``ServiceBusyError`` (503); a worker (``wait_forever``) waits as long as it takes.
+        """
+        timeout = None if wait_forever else self.settings.heavy_wait_seconds
+        if not self._heavy.acquire(timeout=timeout):
+            raise ServiceBusyError(
+                f"the server is busy with {self.settings.max_heavy_requests} renders or encodes "
+                "(PATCHSEEK_MAX_HEAVY_REQUESTS); retry in a few seconds"
+            )
+        try:
+            yield
+        finally:
+            self._heavy.release()
+
+    @property
+    def allowed_encoders(self) -> frozenset[str]:
+        """Encoders a client may name: ``PATCHSEEK_ENCODER`` and the ``PATCHSEEK_ENCODERS`` list."""
+        return frozenset((self.settings.encoder, *self.settings.encoders))
+
     def encoder(self, spec: str | None = None) -> Encoder:
         """The encoder for ``spec`` (a collection's recorded encoder); loaded once per process."""
         spec = spec or self.settings.encoder
@@ -91,8 +124,18 @@ class ServiceContext:
             return self._encoders[spec]
 
     def check_encoder_spec(self, spec: str) -> None:
+        """Refuse an encoder that is not on the operator's allow-list, by name alone.
+
+        Nothing is looked up on disk or on the Hub for a refused name, so the answer is the same for a
+        path that exists, one that does not and a Hub id: it reveals nothing about the server.
+        """
         if not spec or len(spec) > 512:
             raise InvalidInputError("encoder must be 'lexical' or a colpali-engine model id / local path")
+        if spec not in self.allowed_encoders:
+            raise EncoderNotAllowedError(
+                f"encoder {spec!r} is not enabled on this server; leave encoder out to use the server's "
+                "default, or ask the operator to add it to PATCHSEEK_ENCODERS"
+            )
 
     def close(self) -> None:
         self.db.dispose()

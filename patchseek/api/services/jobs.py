@@ -2,17 +2,28 @@
 
 Claiming is atomic: ``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL (several workers never take the
 same job), a conditional ``UPDATE … WHERE status='queued'`` on SQLite (one writer at a time).
+
+A running job records who runs it (``Job.worker``, ``host:pid:start-token``) and a heartbeat that a
+thread refreshes every ``PATCHSEEK_JOB_HEARTBEAT_SECONDS``. ``requeue_stale`` (at startup and every
+heartbeat interval in each worker) puts a job back in the queue when its worker is on this host and
+its process is gone, or when its heartbeat is older than four intervals (a worker on another host).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import secrets
+import socket
 import threading
 import time
-from datetime import timedelta
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import CursorResult, or_, select, update
+from sqlalchemy import CursorResult, select, update
 
 from patchseek.api.db.models import Collection, Document, Job, utcnow
 from patchseek.api.services.context import ServiceContext
@@ -23,6 +34,56 @@ from patchseek.errors import ConflictError, NotFoundError
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
+# A job is stale after this many heartbeat intervals without a beat, whoever runs it.
+STALE_BEATS = 4
+# A worker that this host shows dead is trusted only once its job has missed this many beats too: two
+# containers can share a host name (and pid 1) while their processes cannot see each other.
+DEAD_BEATS = 1.5
+
+# Tells this process from an earlier one with the same pid (a restarted container is pid 1 again).
+_START_TOKEN = secrets.token_hex(4)
+
+
+def worker_identity() -> str:
+    """``host:pid:start-token`` of this process, recorded on the jobs it runs."""
+    return f"{socket.gethostname()[:200]}:{os.getpid()}:{_START_TOKEN}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    try:  # a killed child its parent has not reaped yet is a zombie: dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def worker_is_dead(identity: str) -> bool:
+    """True when ``identity`` (see ``worker_identity``) is a process of this host that no longer runs.
+
+    Workers of other hosts are never judged dead here; their heartbeat decides.
+    """
+    parts = identity.rsplit(":", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return False
+    host, pid_text, token = parts
+    if host != socket.gethostname()[:200]:
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return token != _START_TOKEN  # an earlier process that had our pid
+    return not _pid_alive(pid)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite gives back naive datetimes; everything is stored in UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
 
 
 class JobService:
@@ -30,6 +91,7 @@ class JobService:
         self.ctx = ctx
         self.ingest = IngestService(ctx)
         self.rebuild = RebuildService(ctx)
+        self._last_sweep = float("-inf")
 
     def get(self, job_id: int) -> Job:
         with self.ctx.db.session() as session:
@@ -72,7 +134,7 @@ class JobService:
                 if job is None:
                     return None
                 job.status, job.started_at, job.attempts = "running", utcnow(), job.attempts + 1
-                job.heartbeat_at = utcnow()
+                job.heartbeat_at, job.worker = utcnow(), worker_identity()
                 return job.id
             job_id = session.scalar(select(Job.id).where(Job.status == "queued").order_by(Job.id).limit(1))
             if job_id is None:
@@ -81,21 +143,64 @@ class JobService:
                 update(Job)
                 .where(Job.id == job_id, Job.status == "queued")
                 .values(
-                    status="running", started_at=utcnow(), heartbeat_at=utcnow(), attempts=Job.attempts + 1
+                    status="running",
+                    started_at=utcnow(),
+                    heartbeat_at=utcnow(),
+                    worker=worker_identity(),
+                    attempts=Job.attempts + 1,
                 )
             )
             return job_id if claimed.rowcount else None
 
-    def run(self, job_id: int) -> None:
-        """Run a claimed job; an unexpected crash re-queues it up to ``MAX_ATTEMPTS`` times."""
+    @contextmanager
+    def heartbeat(self, job_id: int) -> Iterator[None]:
+        """Mark this process as the runner of ``job_id`` and beat for it until the block ends.
+
+        A thread refreshes ``heartbeat_at`` every ``PATCHSEEK_JOB_HEARTBEAT_SECONDS``, however long one
+        document takes, so that a job whose beats stop can be re-queued within seconds.
+        """
+        identity = worker_identity()
+        with self.ctx.db.session() as session:
+            session.execute(
+                update(Job).where(Job.id == job_id).values(worker=identity, heartbeat_at=utcnow())
+            )
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=self._beat, args=(job_id, identity, stop), name=f"heartbeat-{job_id}", daemon=True
+        )
+        thread.start()
         try:
-            with self.ctx.db.session() as session:
-                job = session.get(Job, job_id)
-                kind = job.kind if job is not None else "ingest"
-            if kind == "rebuild":
-                self.rebuild.run_job(job_id)
-            else:
-                self.ingest.run_job(job_id)
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=30)
+
+    def _beat(self, job_id: int, identity: str, stop: threading.Event) -> None:
+        while not stop.wait(self.ctx.settings.job_heartbeat_seconds):
+            try:
+                with self.ctx.db.session() as session:
+                    session.execute(
+                        update(Job)
+                        .where(Job.id == job_id, Job.worker == identity, Job.status == "running")
+                        .values(heartbeat_at=utcnow())
+                    )
+            except Exception:  # a busy or unreachable database: the next beat tries again
+                log.warning("heartbeat of job %s failed", job_id, exc_info=True)
+
+    def run(self, job_id: int) -> None:
+        """Run a claimed job; an unexpected crash re-queues it up to ``MAX_ATTEMPTS`` times.
+
+        The job holds a heavy slot (``ServiceContext.heavy_slot``) while it runs and beats its heartbeat.
+        """
+        try:
+            with self.heartbeat(job_id), self.ctx.heavy_slot(wait_forever=True):
+                with self.ctx.db.session() as session:
+                    job = session.get(Job, job_id)
+                    kind = job.kind if job is not None else "ingest"
+                if kind == "rebuild":
+                    self.rebuild.run_job(job_id)
+                else:
+                    self.ingest.run_job(job_id)
         except Exception as exc:
             log.exception("job %s crashed", job_id)
             with self.ctx.db.session() as session:
@@ -132,23 +237,75 @@ class JobService:
         return None
 
     def requeue_stale(self, max_age_seconds: float | None = None) -> int:
-        """Jobs left 'running' by a process that died go back to the queue.
+        """Jobs left 'running' by a process that died go back to the queue; returns how many.
 
-        A job is stale when its heartbeat is older than ``max_age_seconds`` (default
-        ``PATCHSEEK_JOB_STALE_SECONDS``); live workers refresh theirs as they make progress.
+        A job with a recorded worker (see the module docstring) is stale when that worker is a dead
+        process of this host and the job missed ``DEAD_BEATS`` heartbeats, or when it missed
+        ``STALE_BEATS`` heartbeats (or ``max_age_seconds``, if smaller). A job without one (run by
+        ``patchseek ingest``, whose heartbeat follows its progress) is stale after ``max_age_seconds``
+        (default ``PATCHSEEK_JOB_STALE_SECONDS``). A job whose worker died ``MAX_ATTEMPTS`` times fails
+        instead, with its pending documents, so that a file that kills the process cannot do it forever.
         """
-        age = self.ctx.settings.job_stale_seconds if max_age_seconds is None else max_age_seconds
-        cutoff = utcnow() - timedelta(seconds=age)
+        beat = self.ctx.settings.job_heartbeat_seconds
+        legacy_age = self.ctx.settings.job_stale_seconds if max_age_seconds is None else max_age_seconds
+        now = utcnow()
         with self.ctx.db.session() as session:
-            result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
-                update(Job)
-                .where(Job.status == "running", or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff))
-                .values(status="queued")
-            )
-            return int(result.rowcount)
+            running = session.execute(
+                select(Job.id, Job.worker, Job.heartbeat_at, Job.started_at, Job.attempts).where(
+                    Job.status == "running"
+                )
+            ).all()
+        stale: list[tuple[int, str | None, int]] = []
+        for job_id, worker, heartbeat_at, started_at, attempts in running:
+            last = _aware(heartbeat_at) or _aware(started_at)
+            age = float("inf") if last is None else (now - last).total_seconds()
+            if worker is None:
+                dead = age > legacy_age
+            else:
+                dead = age > min(legacy_age, STALE_BEATS * beat) or (
+                    age > DEAD_BEATS * beat and worker_is_dead(worker)
+                )
+            if dead:
+                stale.append((job_id, worker, attempts))
+        n = 0
+        for job_id, worker, attempts in stale:
+            with self.ctx.db.session() as session:
+                # Only if nobody took it meanwhile (same worker still recorded, still running).
+                same = Job.worker.is_(None) if worker is None else Job.worker == worker
+                give_up = attempts >= MAX_ATTEMPTS
+                values: dict[str, Any] = {"status": "failed" if give_up else "queued", "worker": None}
+                if give_up:
+                    values["finished_at"] = utcnow()
+                    values["error"] = (
+                        f"the process running this job died {attempts} times; it is not retried again"
+                    )
+                result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
+                    update(Job).where(Job.id == job_id, Job.status == "running", same).values(**values)
+                )
+                if not result.rowcount:
+                    continue
+                n += 1
+                log.warning("job %s of dead worker %s: %s", job_id, worker, values["status"])
+                if give_up:
+                    for doc in session.scalars(
+                        select(Document).where(Document.job_id == job_id, Document.status == "pending")
+                    ):
+                        doc.status, doc.error_code = "failed", "worker_died"
+                        doc.error = "the process ingesting this file died repeatedly; check the file"
+        return n
+
+    def sweep(self) -> int:
+        """``requeue_stale`` at most once per heartbeat interval (workers call it between jobs)."""
+        now = time.monotonic()
+        if now - self._last_sweep < self.ctx.settings.job_heartbeat_seconds:
+            return 0
+        self._last_sweep = now
+        return self.requeue_stale()
 
     def run_pending(self) -> int:
-        """Run queued jobs until none is left; returns how many ran."""
+        """Re-queue the jobs of dead workers, then run queued jobs until none is left; returns how many
+        ran."""
+        self.sweep()
         n = 0
         while (job_id := self.claim()) is not None:
             self.run(job_id)
@@ -174,13 +331,9 @@ class Worker(threading.Thread):
         self._wake.set()
 
     def run(self) -> None:
-        last_sweep = 0.0
         while not self._stop_event.is_set():
             try:
-                if time.monotonic() - last_sweep > 60:
-                    self.jobs.requeue_stale()
-                    last_sweep = time.monotonic()
-                ran = self.jobs.run_pending()
+                ran = self.jobs.run_pending()  # sweeps for jobs of dead workers first
             except Exception:
                 log.exception("worker loop error")
                 ran = 0

@@ -2,6 +2,10 @@
 
 Keys from ``PATCHSEEK_API_KEYS`` (environment) are unscoped admin keys. Authentication is required as
 soon as any key exists, in the environment or in the database.
+
+A key scoped to collections may search, upload and read in them, and rebuild them with their current
+encoder. Creating or deleting a collection and switching its encoder need an unscoped (admin) key.
+Documents, units and jobs of a collection outside the key's scope answer 404, exactly as missing ones.
 """
 
 from __future__ import annotations
@@ -31,9 +35,22 @@ class Principal:
     name: str
     collections: frozenset[str] | None
 
+    def may_use(self, collection: str) -> bool:
+        return self.collections is None or collection in self.collections
+
     def check(self, collection: str) -> None:
-        if self.collections is not None and collection not in self.collections:
+        """For a collection named in the URL: 403 for any name outside the scope (existing or not)."""
+        if not self.may_use(collection):
             raise ForbiddenError(f"this API key may not use collection {collection!r}")
+
+    def check_visible(self, collection: str | None, not_found: str) -> None:
+        """For a row found by id (unit, job): one outside the scope is reported as missing.
+
+        ``collection`` is the row's collection name (None if it has none); ``not_found`` the message of
+        the 404, the same one the caller raises for an id that does not exist.
+        """
+        if collection is None or not self.may_use(collection):
+            raise NotFoundError(not_found)
 
     @property
     def is_admin(self) -> bool:
@@ -42,6 +59,11 @@ class Principal:
     def require_admin(self) -> None:
         if not self.is_admin:
             raise ForbiddenError("this API key is scoped to collections; this action needs an unscoped key")
+
+    def require_encoder_change(self, requested: str | None, current: str) -> None:
+        """Switching a collection's encoder (``requested`` other than ``current``) needs an admin key."""
+        if requested is not None and requested != current:
+            self.require_admin()
 
 
 ANONYMOUS = Principal("anonymous", None)

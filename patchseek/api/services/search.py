@@ -181,7 +181,8 @@ class SearchService:
             session.expunge(collection)
         encoder = self.ctx.encoder(collection.encoder)
         if image is not None:
-            q = encoder.encode_image_queries([read_image(image).image])[0]
+            unit = read_image(image, max_pixels=self.ctx.settings.max_decode_pixels)
+            q = encoder.encode_image_queries([unit.image])[0]
         else:
             q = encoder.encode_queries([query or ""])[0]
         version = self._version(collection)

@@ -146,10 +146,17 @@ class CompressionConfig:
         """
         if not isinstance(data, dict):
             raise InvalidInputError(f"compression config must be an object, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
         if unknown:
             raise InvalidInputError(f"unknown compression config keys {unknown}; known keys: {sorted(known)}")
+        # JSON has one number type: 4.0 is the integer 4 (JSON Schema agrees), so take it as one.
+        data = {
+            k: int(v)
+            if known[k].type in ("int", int) and isinstance(v, float) and v.is_integer() and abs(v) < 2**53
+            else v
+            for k, v in data.items()
+        }
         return cls(**data)
 
     def describe(self) -> str:

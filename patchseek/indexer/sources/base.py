@@ -63,6 +63,8 @@ class ReadOptions:
     image_max_side: int = 4096
     video_interval: float = 1.0
     video_max_frames: int = 3600
+    max_page_pixels: int = 4096 * 4096  # rendered pixels per PDF page; larger pages are drawn smaller
+    max_decode_pixels: int = 40_000_000  # decoded pixels per image; larger ones are refused
 
 
 def read_units(data: bytes, options: ReadOptions | None = None) -> tuple[MediaType, Iterator[SourceUnit]]:
@@ -78,7 +80,10 @@ def read_units(data: bytes, options: ReadOptions | None = None) -> tuple[MediaTy
     options = options or ReadOptions()
     media = sniff_media_type(data)
     if media == "pdf":
-        return media, read_pdf(data, dpi=options.pdf_dpi, max_pages=options.max_pages)
+        return media, read_pdf(
+            data, dpi=options.pdf_dpi, max_pages=options.max_pages, max_pixels=options.max_page_pixels
+        )
     if media == "image":
-        return media, iter([read_image(data, max_side=options.image_max_side)])
+        image = read_image(data, max_side=options.image_max_side, max_pixels=options.max_decode_pixels)
+        return media, iter([image])
     return media, read_video(data, interval=options.video_interval, max_frames=options.video_max_frames)
