@@ -67,6 +67,9 @@ def ingest(
     metadata: Annotated[
         str | None, typer.Option(help='JSON object stored on each document, e.g. \'{"team": "ops"}\'')
     ] = None,
+    files_per_job: Annotated[
+        int, typer.Option(min=1, help="files per ingest job; each job's documents become one segment")
+    ] = FILES_PER_JOB,
 ) -> None:
     """Ingest files into a collection (created if missing). Exits 1 if any file failed."""
     from patchseek.api.services import CollectionService, IngestService, JobService
@@ -78,6 +81,7 @@ def ingest(
         )
         files = list(_iter_files(paths))
         service = IngestService(ctx)
+        refit: int | None = None
         results: list[dict[str, Any]] = []
         with Progress(
             TextColumn("{task.description}"),
@@ -88,8 +92,8 @@ def ingest(
             transient=not sys.stderr.isatty(),
         ) as bar:
             task = bar.add_task("ingesting", total=len(files))
-            for start in range(0, len(files), FILES_PER_JOB):
-                chunk = files[start : start + FILES_PER_JOB]
+            for start in range(0, len(files), files_per_job):
+                chunk = files[start : start + files_per_job]
                 job = service.submit(
                     collection,
                     [(str(p), p.read_bytes()) for p in chunk],
@@ -103,12 +107,11 @@ def ingest(
                 job = service.run_job(job.id, progress=on_progress)
                 results.extend(job.result.get("documents", []))
                 bar.update(task, advance=len(chunk))
-            if files:  # merges; a refit rebuild when the collection outgrew its codec's fit
-                bar.update(task, description="maintaining the index")
+                # Merges after every job, as a worker does: segments (and open files) stay few.
                 refit = JobService(ctx).prepare_search(job.id)
-                if refit is not None:
-                    bar.update(task, description="refitting the codec (rebuild)")
-                    JobService(ctx).run(refit)
+            if files and refit is not None:  # the collection outgrew its codec's fit: refit now
+                bar.update(task, description="refitting the codec (rebuild)")
+                JobService(ctx).run(refit)
     except PatchseekError as exc:
         _fail(exc)
     finally:

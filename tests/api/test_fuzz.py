@@ -18,12 +18,17 @@ from tests.api.server import running_server
 from tests.conftest import make_settings
 
 KEY = "fuzz-key"
-# Two answers the schema cannot predict from the request's shape: whether an encoder named in a new
-# collection can be loaded (it is loaded to learn its dimension), and whether image bytes decode as an
-# image. Both are documented (422, 415) and only these two operations may give them to schema-valid data.
+# Answers the schema cannot predict from the request's shape: whether an encoder named in a new
+# collection or a rebuild is on the operator's allow-list (PATCHSEEK_ENCODERS, a runtime setting) and
+# can be loaded, and whether image bytes decode as an image. They are documented (422, 415) and only
+# these three operations may give them to schema-valid data.
 CONFIG = """
 [[operations]]
 include-name = "POST /v1/collections"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
+
+[[operations]]
+include-name = "POST /v1/collections/{name}/rebuild"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
 
 [[operations]]

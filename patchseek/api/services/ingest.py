@@ -185,6 +185,7 @@ class IngestService:
                     if doc is None or doc.status != "pending":
                         continue
                 item = self._encode(document_id, beat)
+                self._advance(job_id)  # progress counts documents read and encoded
                 if isinstance(item, DocumentResult):
                     self._record(job_id, [item])
                     continue
@@ -233,11 +234,16 @@ class IngestService:
             if job is None:
                 return
             job.result = {"documents": [*job.result.get("documents", []), *(r.to_dict() for r in results)]}
-            job.progress = job.progress + len(results)
             job.heartbeat_at = utcnow()
         for r in results:
             metrics.DOCUMENTS_INGESTED.labels(r.status).inc()
             metrics.UNITS_INGESTED.inc(r.n_units)
+
+    def _advance(self, job_id: int) -> None:
+        with self.ctx.db.session() as session:
+            session.execute(
+                update(Job).where(Job.id == job_id).values(progress=Job.progress + 1, heartbeat_at=utcnow())
+            )
 
     def _with_heartbeat(self, job_id: int, progress: DocumentProgress | None) -> DocumentProgress:
         """Wrap a progress callback so the job's heartbeat is refreshed (at most every 10 s)."""

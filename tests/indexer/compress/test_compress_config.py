@@ -81,6 +81,11 @@ class TestValidation:
         with pytest.raises(InvalidInputError):
             CompressionConfig.from_dict(["pq"])  # type: ignore[arg-type]
 
+    def test_integral_json_numbers_are_integers(self) -> None:
+        # JSON Schema (and so the OpenAPI document) calls 2.0 an integer: the config takes it as 2.
+        config = CompressionConfig.from_dict({"pool_factor": 2.0, "kmeans_k": 64.0})
+        assert (config.pool_factor, config.kmeans_k) == (2, 64) and isinstance(config.pool_factor, int)
+
     @pytest.mark.parametrize(
         "bad",
         [
@@ -95,7 +100,7 @@ class TestValidation:
             {"prune_k": float("inf")},
             {"prune_min": 0},
             {"pool_factor": 0},
-            {"pool_factor": 2.0},
+            {"pool_factor": 2.5},
             {"pool_factor": True},
             {"kmeans_k": 1},
             {"kmeans_k": 65537},
