@@ -6,10 +6,11 @@ import logging
 import re
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from patchseek.api.db.models import Collection, Document, IndexVersion, Job
+from patchseek.api.db.models import Collection, Document, IndexVersion, Job, Unit
+from patchseek.api.services.blobgc import blob_keys_of, release_blobs
 from patchseek.api.services.context import ServiceContext
 from patchseek.errors import (
     ConflictError,
@@ -131,7 +132,8 @@ class CollectionService:
                 collection.description = description
 
     def delete(self, name: str) -> None:
-        """Delete a collection, its documents, units, jobs and segment files (blobs stay shared)."""
+        """Delete a collection, its documents, units, jobs, index files and the blobs no other collection
+        shares."""
         with self.ctx.db.session() as session:
             collection = get_collection(session, name)
             collection_id = collection.id
@@ -140,5 +142,13 @@ class CollectionService:
             )
             if active:
                 raise ConflictError(f"collection {name!r} has a running job; wait for it or cancel it")
+            doc_ids = session.scalars(
+                select(Document.id).where(Document.collection_id == collection_id)
+            ).all()
+            keys = blob_keys_of(session, doc_ids)
+            session.execute(delete(Unit).where(Unit.collection_id == collection_id))
+            session.execute(delete(Document).where(Document.collection_id == collection_id))
             session.delete(collection)
         self.ctx.drop_index(collection_id)
+        with self.ctx.db.session() as session:  # blobs no other collection shares
+            release_blobs(session, self.ctx.blobs, keys)

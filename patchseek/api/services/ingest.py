@@ -15,11 +15,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from patchseek import metrics
 from patchseek.api.db.models import Collection, Document, IndexVersion, Job, Unit, utcnow
+from patchseek.api.services.blobgc import blob_keys_of, release_blobs
 from patchseek.api.services.collections import active_version, get_collection
 from patchseek.api.services.context import ServiceContext
 from patchseek.errors import (
@@ -419,11 +420,15 @@ class IngestService:
                 raise NotFoundError(f"document {document_id} is not in collection {collection_name!r}")
             version = active_version(session, collection)
             session.expunge(version)
+            keys = blob_keys_of(session, [document_id])
+            session.execute(delete(Unit).where(Unit.document_id == document_id))
             session.delete(doc)
             collection.generation += 1
         # Invisible from the commit on (searches show ready documents only); the tombstone lets a merge
-        # drop its rows.
+        # drop its rows; its bytes and page images go once nothing else references them.
         self.ctx.version_index(version).delete_documents([document_id])
+        with self.ctx.db.session() as session:
+            release_blobs(session, self.ctx.blobs, keys)
 
 
 def validate_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
