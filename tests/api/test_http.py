@@ -173,6 +173,24 @@ def test_errors_are_json_with_a_code(client, samples) -> None:  # type: ignore[n
     assert "/v1/collections/{name}/search" in client.get("/openapi.json").json()["paths"]
 
 
+def test_an_oversized_file_fails_alone_and_the_batch_is_ingested(client, samples) -> None:  # type: ignore[no-untyped-def]
+    assert client.post("/v1/collections", json={"name": "c"}).status_code == 201
+    r = client.post(
+        "/v1/collections/c/documents",
+        params={"wait": "true"},
+        files=[
+            ("files", ("big.pdf", b"%PDF-" + b"0" * 2_100_000)),
+            ("files", ("report.pdf", samples.pdf.read_bytes())),
+        ],
+    )
+    assert r.status_code == 200, r.text
+    by_name = {d["filename"]: d for d in r.json()["documents"]}
+    assert by_name["big.pdf"]["status"] == "failed" and by_name["big.pdf"]["code"] == "file_too_large"
+    assert by_name["report.pdf"]["status"] == "ready"
+    hits = client.post("/v1/collections/c/search", json={"query": "glacier meltwater"}).json()["hits"]
+    assert hits and hits[0]["document"] == "report.pdf"
+
+
 def test_api_keys(tmp_path) -> None:  # type: ignore[no-untyped-def]
     settings = make_settings(tmp_path / "data", None, api_keys=["s3cret"])
     with running_server(settings) as client:

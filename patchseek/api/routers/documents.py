@@ -14,21 +14,20 @@ from patchseek.api.routers._responses import NamePath, errors
 from patchseek.api.routers._views import document_detail, document_public, job_public
 from patchseek.api.schemas import MAX_ID, METADATA_SCHEMA, DocumentDetail, DocumentPublic, JobPublic
 from patchseek.api.services.collections import get_collection
-from patchseek.errors import InvalidInputError, NotFoundError, PayloadTooLargeError
+from patchseek.errors import InvalidInputError, NotFoundError
 
 router = APIRouter(prefix="/v1/collections/{name}/documents", tags=["documents"])
 _CHUNK = 1 << 20
 
 
-def _read_limited(upload: UploadFile, limit: int) -> bytes:
-    """Read an upload, refusing it as soon as it passes ``limit`` bytes."""
+def _read_limited(upload: UploadFile, limit: int) -> bytes | None:
+    """Read an upload, stopping as soon as it passes ``limit`` bytes (None: too large; that file fails
+    alone, with ``file_too_large``, the rest of the batch is ingested)."""
     chunks, size = [], 0
     while chunk := upload.file.read(_CHUNK):
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLargeError(
-                f"{upload.filename!r} is over the upload limit of {limit} bytes (PATCHSEEK_MAX_UPLOAD_BYTES)"
-            )
+            return None
         chunks.append(chunk)
     return b"".join(chunks)
 

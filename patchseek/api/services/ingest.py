@@ -76,7 +76,7 @@ class IngestService:
     def submit(
         self,
         collection_name: str,
-        files: Sequence[tuple[str, bytes]],
+        files: Sequence[tuple[str, bytes | None]],
         *,
         status: str = "queued",
         metadata: dict[str, Any] | None = None,
@@ -91,12 +91,24 @@ class IngestService:
         metadata = validate_metadata(metadata or {})
         if not files:
             raise InvalidInputError("no files were given")
+        # A file over the upload limit fails alone (``file_too_large`` in the job's results); only a
+        # call of nothing but such files is refused whole (413).
         limit = self.ctx.settings.max_upload_bytes
-        for filename, data in files:
-            if len(data) > limit:
-                raise PayloadTooLargeError(
-                    f"{filename!r} is {len(data)} bytes, over the upload limit of {limit} bytes"
-                )
+        too_large = [
+            DocumentResult(
+                _safe_filename(name),
+                "failed",
+                error=f"the file is over the upload limit of {limit} bytes (PATCHSEEK_MAX_UPLOAD_BYTES)",
+                code="file_too_large",
+            ).to_dict()
+            for name, data in files
+            if data is None or len(data) > limit
+        ]
+        files = [(name, data) for name, data in files if data is not None and len(data) <= limit]
+        if not files:
+            raise PayloadTooLargeError(
+                f"every file is over the upload limit of {limit} bytes (PATCHSEEK_MAX_UPLOAD_BYTES)"
+            )
         with self.ctx.db.session() as session:
             collection = get_collection(session, collection_name)
             job = Job(
@@ -146,7 +158,7 @@ class IngestService:
                 seen[key] = doc.id
                 document_ids.append(doc.id)
             job.payload = {"document_ids": document_ids}
-            job.result = {"documents": duplicates}
+            job.result = {"documents": [*too_large, *duplicates]}
             job.total = len(document_ids)
             if not document_ids:
                 job.status = "succeeded"
