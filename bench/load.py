@@ -148,9 +148,8 @@ def main() -> int:
         xs = np.asarray(lat[kind]) if lat[kind] else np.zeros(1)
         st = dict(sorted(codes[kind].items()))
         n5xx += sum(v for k, v in st.items() if k >= 500)
-        print(
-            f"| {kind} | {len(lat[kind])} | {np.percentile(xs, 50):.0f} | {np.percentile(xs, 95):.0f} | {st} |"
-        )
+        p50, p95 = np.percentile(xs, 50), np.percentile(xs, 95)
+        print(f"| {kind} | {len(lat[kind])} | {p50:.0f} | {p95:.0f} | {st} |")
     print(
         f"5xx responses: {n5xx}; server peak RSS {int(hwm) / 2**20:.2f} GiB; "
         f"load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} on {os.cpu_count()} CPUs"

@@ -70,7 +70,8 @@ from patchseek.types import PatchBag
 
 log = logging.getLogger(__name__)
 
-FIT_SAMPLE = 65536  # vectors sampled (evenly over units) to fit a codec or coarse centroids
+FIT_SAMPLE = 65536  # vectors sampled (uniformly over the collection) to fit a codec
+COARSE_SAMPLE = 262_144  # vectors sampled to fit coarse centroids (39 per centroid up to K = 4096)
 MIN_FIT_POINTS = 39  # FAISS's rule of thumb: k-means wants >= 39 training points per centroid
 DENSE_FIT_UNITS = EXACT_THRESHOLD // 2  # a codec-less collection fits its stage-1 state here
 REFIT_GROWTH = 8  # refit once the collection holds this many times the vectors its fit saw
@@ -182,7 +183,8 @@ def fit_rule(config: CompressionConfig, n_vectors: int, n_units: int) -> tuple[b
     need_vectors = need.get(q, MIN_FIT_POINTS * (32 if q == "binary" else 16))
     k_coarse = 0
     if q != "kmeans":
-        k_coarse = min(default_n_centroids(n_vectors), _pow2_floor(max(1, n_vectors // MIN_FIT_POINTS)))
+        sampled = min(n_vectors, COARSE_SAMPLE)  # 39 sampled points per centroid, not 39 in the collection
+        k_coarse = min(default_n_centroids(n_vectors), _pow2_floor(max(1, sampled // MIN_FIT_POINTS)))
     rule = f">= {need_vectors} vectors"
     ok = n_vectors >= need_vectors
     if q == "none":
@@ -800,6 +802,9 @@ class IndexEngine:
                 raise InvalidInputError("fitting needs the stored float vectors; rebuild from the sources")
             started = time.perf_counter()
             sample = _sample(snap, FIT_SAMPLE, self.config.seed)
+            coarse_sample = (
+                sample if n_vectors <= FIT_SAMPLE else _sample(snap, COARSE_SAMPLE, self.config.seed)
+            )
             name = f"state-{uuid.uuid4().hex[:8]}"
             tmp = self.root / f".tmp-{name}"
             tmp.mkdir()
@@ -809,7 +814,7 @@ class IndexEngine:
                 compressor.quantizer.fit(sample)
                 compressor.save(tmp / "codec")
             if k_coarse:
-                coarse = FaissCandidateGenerator.fit_centroids(sample, k_coarse, seed=self.config.seed)
+                coarse = FaissCandidateGenerator.fit_centroids(coarse_sample, k_coarse, seed=self.config.seed)
                 np.save(tmp / "coarse.npy", coarse)
             for f in tmp.rglob("*"):
                 if f.is_file():
@@ -823,23 +828,26 @@ class IndexEngine:
             tmp.rename(self.root / name)
             fsync_dir(self.root)
             state = FittedState.load(self.root, name)
-            # Rewrite every segment under the new state, merging them into one (the collection is small
-            # at its first fit; a rebuild fits once at its end).
-            batches = [_batch_of(r.file, ~d) for r, d in zip(snap.readers, snap.deleted, strict=True)]
-            batch = UnitBatch.concat(batches, self.dim)
-            parts, meta = derive_parts(batch, self.config, state, self.dense_rows)
-            seg = new_segment_name()
-            write_segment(self.root, seg, parts, {**meta, "n_units": batch.n_units})
+            # Rewrite every segment under the new state, one at a time (memory stays one segment's).
+            new_segments = []
+            for r, d in zip(snap.readers, snap.deleted, strict=True):
+                parts, meta = derive_parts(_batch_of(r.file, ~d), self.config, state, self.dense_rows)
+                seg = new_segment_name()
+                write_segment(self.root, seg, parts, {**meta, "n_units": int((~d).sum())})
+                new_segments.append(seg)
             fit = {
                 "vectors": n_vectors,
                 "units": n_units,
                 "sample": int(sample.shape[0]),
+                "coarse_sample": int(coarse_sample.shape[0]) if k_coarse else 0,
                 "rule": rule,
                 "coarse_k": int(k_coarse),
                 "seconds": round(time.perf_counter() - started, 3),
             }
             old = m.segments
-            write_manifest(self.root, m.bump(segments=(seg,), tombstones={}, state=name, fit=fit))
+            write_manifest(
+                self.root, m.bump(segments=tuple(new_segments), tombstones={}, state=name, fit=fit)
+            )
             for s in old:
                 segment_path(self.root, s).unlink(missing_ok=True)
             log.info("fitted %s on %d of %d vectors (%s)", name, sample.shape[0], n_vectors, rule)
@@ -851,7 +859,7 @@ class IndexEngine:
         if m.state is None:
             return False
         seen = int(m.fit.get("vectors", 0))
-        return seen > 0 and self.snapshot().n_rows >= REFIT_GROWTH * seen and seen < 8 * FIT_SAMPLE
+        return seen > 0 and self.snapshot().n_rows >= REFIT_GROWTH * seen
 
     # --------------------------------------------------------------------------------- merges
     def merge_candidates(self, snap: Snapshot) -> list[list[SegmentReader]]:
