@@ -104,8 +104,8 @@ class IngestService:
             for name, data in files
             if data is None or len(data) > limit
         ]
-        files = [(name, data) for name, data in files if data is not None and len(data) <= limit]
-        if not files:
+        accepted = [(name, data) for name, data in files if data is not None and len(data) <= limit]
+        if not accepted:
             raise PayloadTooLargeError(
                 f"every file is over the upload limit of {limit} bytes (PATCHSEEK_MAX_UPLOAD_BYTES)"
             )
@@ -124,7 +124,7 @@ class IngestService:
             duplicates: list[dict[str, Any]] = []
             document_ids: list[int] = []
             seen: dict[str, int] = {}
-            for filename, data in files:
+            for filename, data in accepted:
                 key = self.ctx.blobs.put(data)
                 existing = seen.get(key) or session.scalar(
                     select(Document.id).where(
