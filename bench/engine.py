@@ -131,7 +131,6 @@ def main() -> int:
     name = engine.write(new)
     t_written = time.perf_counter()
     engine.publish([name])
-    t_commit = time.perf_counter()
     probe, _ = extra.queries(1)
     while True:
         hits = engine.snapshot().search(probe[0], top_k_hits=10).hits
@@ -171,7 +170,6 @@ def main() -> int:
     print(f"\n| {'measure'.ljust(width)} | value |\n|{'-' * (width + 2)}|-------|")
     for k, v in rows:
         print(f"| {k.ljust(width)} | {v} |")
-    _ = t_commit
     return 0
 
 

@@ -28,7 +28,6 @@ lists). Writers never block readers.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -290,10 +289,7 @@ class SegmentReader:
 
     def rows_of(self, units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Row positions (n_rows,) of ``units`` (k,) and their packed offsets (k + 1,)."""
-        starts, lengths = self.offsets[units], self.lengths[units]
-        sub = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        rows = np.arange(int(sub[-1]), dtype=np.int64) + np.repeat(starts - sub[:-1], lengths)
-        return rows, sub
+        return unit_rows(self.offsets, units)
 
     def exact(self, q: torch.Tensor, units: np.ndarray) -> np.ndarray:
         """Exact MaxSim (k,) of query (n_q, dim) on the kept rows of ``units`` (k,)."""
@@ -438,11 +434,11 @@ class Snapshot:
             self._visible_cache = (flt.key, masks)
         return masks
 
-    def stage1_kind(self, requested: str = "auto", n_units: int | None = None) -> str:
+    def stage1_kind(self, requested: str = "auto") -> str:
         """What ``requested`` resolves to on this snapshot."""
         if requested not in STAGE1_CHOICES:
             raise InvalidInputError(f"stage1={requested!r}: expected one of {list(STAGE1_CHOICES)}")
-        n = self.n_units if n_units is None else n_units
+        n = self.n_units
         has_dense = bool(self.readers) and all(r.dense_rows is not None for r in self.readers)
         faiss_ok = (
             self.state is not None
@@ -736,15 +732,15 @@ class IndexEngine:
         deleted = {int(d) for d in deleted_docs}
         with index_lock(self.root):
             m = read_manifest(self.root)
-            names = []
-            for name in added:
+            names, own_docs = [], {}
+            for name in added:  # each added segment is opened once
                 seg = SegmentFile.open(segment_path(self.root, name))
                 if seg.meta.get("state") != m.state:
                     name = self._rederive(seg, self._state(m.state))
+                    seg = SegmentFile.open(segment_path(self.root, name))
                 names.append(name)
-            new_docs = set()
-            for name in names:
-                new_docs.update(SegmentFile.open(segment_path(self.root, name)).parts["doc_ids"].tolist())
+                own_docs[name] = set(np.unique(seg.parts["doc_ids"]).tolist())
+            new_docs = set().union(*own_docs.values()) if own_docs else set()
             tomb = {k: set(v) for k, v in m.tombstones.items()}
             snap = self.snapshot() if m.segments else None
             if snap is not None and (deleted or new_docs):
@@ -754,11 +750,8 @@ class IndexEngine:
                     if present.size:
                         tomb.setdefault(r.name, set()).update(present.tolist())
             for name in names:
-                if deleted:
-                    own = SegmentFile.open(segment_path(self.root, name)).parts["doc_ids"]
-                    hit = deleted & set(np.unique(own).tolist())
-                    if hit:
-                        tomb.setdefault(name, set()).update(hit)
+                if deleted & own_docs[name]:
+                    tomb.setdefault(name, set()).update(deleted & own_docs[name])
             m = m.bump(
                 segments=(*m.segments, *names),
                 tombstones={k: tuple(sorted(v)) for k, v in tomb.items() if v},
@@ -820,11 +813,6 @@ class IndexEngine:
                 if f.is_file():
                     with open(f, "rb+") as fh:
                         os.fsync(fh.fileno())
-            (tmp / "state.json").write_text(
-                json.dumps(
-                    {"vectors": n_vectors, "units": n_units, "sample": int(sample.shape[0]), "rule": rule}
-                )
-            )
             tmp.rename(self.root / name)
             fsync_dir(self.root)
             state = FittedState.load(self.root, name)
@@ -915,7 +903,7 @@ class IndexEngine:
             batches.append(_unit_table(r, ~d))
             dropped += int(r.lengths[d].sum())
         batch = UnitBatch.concat(batches, self.dim)
-        parts = _concat_derived(inputs, batch, self.config, snap.state)
+        parts = _concat_derived(inputs, batch)
         seg = new_segment_name()
         meta = {"state": snap.manifest.state, "dim": self.dim, "keep": inputs[0][0].file.meta.get("keep")}
         write_segment(self.root, seg, parts, {**meta, "n_units": batch.n_units})
@@ -968,15 +956,21 @@ class IndexEngine:
         return self.snapshot().stats()
 
 
+def unit_rows(offsets: np.ndarray, units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row positions (n_rows,) of ``units`` (k,) laid out by ``offsets`` (n_units + 1,), and the packed
+    offsets (k + 1,) of those rows."""
+    starts, lengths = offsets[units], offsets[units + 1] - offsets[units]
+    sub = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    rows = np.arange(int(sub[-1]), dtype=np.int64) + np.repeat(starts - sub[:-1], lengths)
+    return rows, sub
+
+
 def _batch_of(seg: SegmentFile, keep: np.ndarray) -> UnitBatch:
     """The float rows of a segment's units where ``keep`` (n_units,) is True, as a ``UnitBatch``."""
     p = seg.parts
-    offsets = p["offsets"]
-    lengths = np.diff(offsets)
     units = np.flatnonzero(keep)
-    starts, ln = offsets[units], lengths[units]
-    sub = np.concatenate([[0], np.cumsum(ln)]).astype(np.int64)
-    rows = np.arange(int(sub[-1]), dtype=np.int64) + np.repeat(starts - sub[:-1], ln)
+    rows, sub = unit_rows(p["offsets"], units)
+    ln = np.diff(sub)
     if "vectors" in p:
         vectors = np.asarray(p["vectors"][rows], dtype=np.float16)
     elif "vectors_i8" in p:
@@ -1011,10 +1005,7 @@ def _unit_table(r: SegmentReader, keep: np.ndarray) -> UnitBatch:
 
 
 def _concat_derived(
-    inputs: list[tuple[SegmentReader, np.ndarray]],
-    batch: UnitBatch,
-    config: CompressionConfig,
-    state: FittedState | None,
+    inputs: list[tuple[SegmentReader, np.ndarray]], batch: UnitBatch
 ) -> dict[str, np.ndarray]:
     """Parts of a merged segment: the inputs' stored parts concatenated (nothing recomputed)."""
     out: dict[str, list[np.ndarray]] = {}

@@ -115,9 +115,9 @@ def _check_visible_state(ctx: ServiceContext) -> dict[str, int]:
             by_doc.setdefault(u.document_id, []).append(u)
         number = version.number
     assert set(by_doc) >= set(ready.values())
+    snap = ctx.index(collection.id, number, version.dim, version.compression).snapshot()
     for doc_id in ready.values():
         assert sorted(u.page for u in by_doc[doc_id]) == [1, 2, 3]  # complete: every page
-        snap = ctx.index(collection.id, number, version.dim, version.compression).snapshot()
         for u in by_doc[doc_id]:  # readable, the right length, exactly once in the live segments
             bag = snap.unit_bag(doc_id, u.ordinal)
             assert bag is not None and bag.vectors.shape[0] == u.n_patches
