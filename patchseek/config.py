@@ -67,6 +67,12 @@ class Settings(BaseSettings):
         default_factory=list,
         description="encoders clients may choose (JSON list); PATCHSEEK_ENCODER is always allowed",
     )
+    segment_rows: int = Field(
+        default=1 << 18,
+        ge=1,
+        description="patch rows (~64 MB float16 at 128-d) an ingest or rebuild buffers before they become "
+        "one segment; smaller: more, smaller segments for the merge policy to combine",
+    )
     job_heartbeat_seconds: float = Field(
         default=5,
         gt=0,

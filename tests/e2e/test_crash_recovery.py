@@ -69,10 +69,14 @@ def _query(data: Path, sql: str) -> list[tuple]:  # type: ignore[type-arg]
 
 
 def _kill_when(data: Path, args: list[str], ready: callable, timeout: float = 300) -> None:  # type: ignore[valid-type]
-    """Start ``patchseek *args`` and ``kill -9`` it as soon as ``ready()`` holds (polling the database)."""
+    """Start ``patchseek *args`` and ``kill -9`` it as soon as ``ready()`` holds (polling the database).
+
+    Every document becomes its own segment (``PATCHSEEK_SEGMENT_ROWS=1``): the command then commits
+    document by document, so there is a wide window between the first commits and the end of the work.
+    """
     proc = subprocess.Popen(
         [sys.executable, "-m", "patchseek.cli", *args],
-        env=_env(data),
+        env={**_env(data), "PATCHSEEK_SEGMENT_ROWS": "1"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -177,7 +181,7 @@ def test_kill_during_ingest_and_rebuild(tmp_path: Path) -> None:
             "select count(*) from units u join index_versions v on v.id = u.index_version_id "
             "where v.status = 'building'",
         )
-        return bool(rows) and rows[0][0] >= 3 * 4
+        return bool(rows) and rows[0][0] >= 3 * 2
 
     _kill_when(data, ["rebuild", "-c", "c"], rebuild_half_done)
     ctx = ServiceContext.from_settings(make_settings(data, None, ocr=False, pdf_dpi=72))

@@ -37,7 +37,6 @@ from patchseek.types import PatchBag
 log = logging.getLogger(__name__)
 
 DocumentProgress = Callable[[str, int], None]  # (filename, units done)
-FLUSH_ROWS = 1 << 18  # patch rows buffered (~64 MB float16 at 128-d) before they become a segment
 
 
 @dataclass(frozen=True)
@@ -171,7 +170,7 @@ class IngestService:
         """Ingest every pending document of a claimed job, recording per-document results.
 
         Documents are encoded one by one (a failure fails that document alone) and buffered; every
-        ``FLUSH_ROWS`` patch rows, and at the end, the buffer becomes one segment of the collection's
+        ``settings.segment_rows`` patch rows, and at the end, the buffer becomes one segment of the collection's
         index, published and then made visible by one database transaction (``_publish``). A job of
         small files therefore writes one segment.
         """
@@ -203,7 +202,7 @@ class IngestService:
                     self._record(job_id, [item])
                     continue
                 pending.append(item)
-                if sum(p.encoded.n_rows for p in pending) < FLUSH_ROWS and queue:
+                if sum(p.encoded.n_rows for p in pending) < self.ctx.settings.segment_rows and queue:
                     continue
             if not pending:
                 continue

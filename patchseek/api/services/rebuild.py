@@ -16,7 +16,7 @@ from sqlalchemy import delete, exists, func, select
 from patchseek.api.db.models import Collection, Document, IndexVersion, Job, Unit, utcnow
 from patchseek.api.services.collections import active_version, get_collection
 from patchseek.api.services.context import ServiceContext
-from patchseek.api.services.ingest import FLUSH_ROWS, DocumentResult, IngestService, add_units
+from patchseek.api.services.ingest import DocumentResult, IngestService, add_units
 from patchseek.errors import ConflictError, NotFoundError, PatchseekError
 from patchseek.indexer.compress import CompressionConfig
 from patchseek.indexer.pipeline import EncodedDocument, write_documents
@@ -142,7 +142,7 @@ class RebuildService:
                         results.append(item)
                     else:
                         batch.append((document_id, filename, item))
-                    if batch and (sum(e.n_rows for _, _, e in batch) >= FLUSH_ROWS or n == len(missing) - 1):
+                    if batch and (sum(e.n_rows for _, _, e in batch) >= self.ctx.settings.segment_rows or n == len(missing) - 1):
                         results.extend(self._write(engine, new, batch))
                         batch = []
                     with self.ctx.db.session() as session:
