@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from patchseek.errors import InvalidInputError
 from patchseek.indexer.compress.merge import ward_labels
@@ -65,18 +66,20 @@ def summarize_units(vectors: np.ndarray, lengths: np.ndarray, n_rows: int = DEFA
         raise InvalidInputError("lengths must add up to the number of rows")
     out = np.zeros((lengths.size, n_rows, vectors.shape[1]), dtype=np.float16)
     starts = np.concatenate([[0], np.cumsum(lengths)])
-    for u in range(lengths.size):
-        x = np.asarray(vectors[starts[u] : starts[u + 1]], dtype=np.float32)  # (n, dim)
-        if x.shape[0] == 0:
-            continue
-        labels = ward_labels(x, n_rows)  # (n,)
-        sums = np.zeros((int(labels.max()) + 1, x.shape[1]), dtype=np.float64)  # (k, dim)
-        np.add.at(sums, labels, x)
-        norms = np.linalg.norm(sums, axis=1, keepdims=True)
-        first = x[np.unique(labels, return_index=True)[1]]  # (k, dim) a zero mean keeps its first row
-        means = np.where(norms > 1e-12, sums / np.maximum(norms, 1e-12), first)
-        out[u, : means.shape[0]] = means
-        out[u, means.shape[0] :] = means[0]
+    with threadpool_limits(1):  # one small product per unit: BLAS threads cost more than they give
+        for u in range(lengths.size):
+            x = np.asarray(vectors[starts[u] : starts[u + 1]], dtype=np.float32)  # (n, dim)
+            if x.shape[0] == 0:
+                continue
+            labels = ward_labels(x, n_rows)  # (n,) in 0..k-1
+            members = np.zeros((int(labels.max()) + 1, x.shape[0]), dtype=np.float32)  # (k, n) one-hot
+            members[labels, np.arange(x.shape[0])] = 1.0
+            sums = members @ x  # (k, dim)
+            norms = np.linalg.norm(sums, axis=1, keepdims=True)
+            first = x[np.unique(labels, return_index=True)[1]]  # (k, dim) a zero mean keeps its first row
+            means = np.where(norms > 1e-12, sums / np.maximum(norms, 1e-12), first)
+            out[u, : means.shape[0]] = means
+            out[u, means.shape[0] :] = means[0]
     return out
 
 

@@ -16,7 +16,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.cluster.hierarchy import linkage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial.distance import squareform
 from sklearn.cluster import kmeans_plusplus
 
 from patchseek.errors import InvalidInputError
@@ -71,12 +74,32 @@ class HierarchicalMerger(PatchMerger):
 
 def ward_labels(x: np.ndarray, k: int) -> np.ndarray:
     """Ward clusters of the rows of x (n, dim) into at most ``k``: labels (n,) int64 in 0..k'-1,
-    numbered in order of each cluster's first row (k' < k only when rows coincide)."""
-    if x.shape[0] <= k:
-        return np.arange(x.shape[0], dtype=np.int64)
-    tree = linkage(np.asarray(x, dtype=np.float64), method="ward")  # (n - 1, 4)
-    raw = fcluster(tree, t=k, criterion="maxclust")  # (n,) labels in 1..k
-    return _relabel_by_first_member(raw)
+    numbered in order of each cluster's first row (k' < k only when rows coincide).
+
+    The Euclidean distances come from one matrix product (``|a|² + |b|² - 2a·b``, a third of the time of
+    ``pdist`` at 128-d), scipy builds the Ward tree (nearest-neighbour chain, O(n²)), and the flat
+    clusters are the connected components of its first ``n - k`` merges: the tree cut at ``k`` clusters.
+    Call it under ``threadpool_limits(1)`` (see ``summarize_units``) when it runs on many small units:
+    a multi-threaded BLAS spends longer waking its threads than multiplying a few hundred rows.
+    """
+    n = x.shape[0]
+    if n <= k:
+        return np.arange(n, dtype=np.int64)
+    x = np.asarray(x, dtype=np.float32)
+    sq = np.einsum("ij,ij->i", x, x)  # (n,)
+    d2 = sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)  # (n, n) squared distances
+    np.maximum(d2, 0.0, out=d2)
+    np.fill_diagonal(d2, 0.0)
+    condensed = np.sqrt(squareform(d2, checks=False).astype(np.float64))  # (n(n-1)/2,)
+    tree = linkage(condensed, method="ward")  # (n - 1, 4), merges by increasing distance
+    merges = n - k
+    children = tree[:merges, :2].astype(np.int64).ravel()  # (2 merges,) nodes joined by merge i ...
+    parents = np.repeat(np.arange(n, n + merges, dtype=np.int64), 2)  # ... into node n + i
+    graph = coo_matrix(
+        (np.ones(2 * merges, dtype=np.int8), (children, parents)), shape=(n + merges, n + merges)
+    )
+    _, components = connected_components(graph, directed=False)  # (n + merges,)
+    return _relabel_by_first_member(components[:n])
 
 
 def merge_video_segment(

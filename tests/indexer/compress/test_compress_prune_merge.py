@@ -118,6 +118,26 @@ class TestHierarchicalMerger:
         assert out.labels.tolist() == list(range(10))
 
 
+@pytest.mark.parametrize(("n", "k", "seed"), [(50, 7, 0), (400, 96, 1), (1030, 96, 2), (97, 96, 3)])
+def test_ward_labels_match_scipy_pdist_and_fcluster(n: int, k: int, seed: int) -> None:
+    """The matrix-product distances and the components cut give scipy's reference partition (pdist +
+    linkage + fcluster maxclust) on clustered unit vectors."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    from patchseek.indexer.compress.merge import _relabel_by_first_member, ward_labels
+
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((max(k // 2, 2), 128))
+    x = centers[rng.integers(0, centers.shape[0], n)] + 0.4 * rng.standard_normal((n, 128))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    reference = _relabel_by_first_member(
+        fcluster(linkage(x.astype(np.float64), method="ward"), t=k, criterion="maxclust")
+    )
+    labels = ward_labels(x, k)
+    assert labels.max() + 1 == k
+    np.testing.assert_array_equal(labels, reference)
+
+
 class TestVideoSegmentMerge:
     def test_medoids_are_real_patches_and_cover_each_direction(self) -> None:
         rng = np.random.default_rng(0)
