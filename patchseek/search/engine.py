@@ -75,6 +75,11 @@ MIN_FIT_POINTS = 39  # FAISS's rule of thumb: k-means wants >= 39 training point
 DENSE_FIT_UNITS = EXACT_THRESHOLD // 2  # a codec-less collection fits its stage-1 state here
 REFIT_GROWTH = 8  # refit once the collection holds this many times the vectors its fit saw
 MERGE_FACTOR = 10  # tiered merges: this many segments of one size tier become one
+# A merge never writes more rows than this (~4,000 ColPali pages, 1 GiB of float16 vectors), so a merge or
+# a fit's rewrite holds at most a few GiB, and a segment of half this size is final (only a vacuum
+# rewrites it). Lucene's TieredMergePolicy caps merged segments the same way (5 GB by default).
+MAX_SEGMENT_ROWS = 1 << 22
+EXACT_CHUNK_ROWS = 1 << 19  # rows scored per exact MaxSim call: bounds a query's memory (~128 MiB fp16)
 MEDIA_CODES = {"pdf": 0, "image": 1, "video": 2}
 
 UNIT_PARTS = ("doc_ids", "ordinals", "media", "dense")
@@ -292,17 +297,33 @@ class SegmentReader:
         return unit_rows(self.offsets, units)
 
     def exact(self, q: torch.Tensor, units: np.ndarray) -> np.ndarray:
-        """Exact MaxSim (k,) of query (n_q, dim) on the kept rows of ``units`` (k,)."""
+        """Exact MaxSim (k,) of query (n_q, dim) on the kept rows of ``units`` (k,), in runs of units of
+        at most ``EXACT_CHUNK_ROWS`` rows (a brute-force scan of a large segment never copies it whole)."""
+        if self.vectors is None and (self.vectors_i8 is None or self.scales is None):
+            raise InvalidInputError(
+                "this index keeps no rerank vectors (keep='none'); search with rerank=false"
+            )
+        units = np.asarray(units, dtype=np.int64)
+        ends = np.cumsum(self.lengths[units])  # (k,) rows up to and including each unit
+        out = np.empty(units.size, dtype=np.float32)
+        start = 0
+        while start < units.size:
+            base = ends[start - 1] if start else 0
+            stop = max(start + 1, int(np.searchsorted(ends, base + EXACT_CHUNK_ROWS, side="right")))
+            out[start:stop] = self._exact_run(q, units[start:stop])
+            start = stop
+        return out
+
+    def _exact_run(self, q: torch.Tensor, units: np.ndarray) -> np.ndarray:
         rows, sub = self.rows_of(units)
         offsets = torch.from_numpy(sub)
         if self.vectors is not None:
             docs = torch.from_numpy(np.ascontiguousarray(self.vectors[rows]))  # (n_rows, dim) float16
             return maxsim(q, docs, offsets).numpy()
-        if self.vectors_i8 is not None and self.scales is not None:
-            docs = torch.from_numpy(np.ascontiguousarray(self.vectors_i8[rows]))  # (n_rows, dim) int8
-            scales = torch.from_numpy(np.ascontiguousarray(self.scales[rows]))  # (n_rows,) float32
-            return maxsim(q, docs, offsets, scales=scales).numpy()
-        raise InvalidInputError("this index keeps no rerank vectors (keep='none'); search with rerank=false")
+        assert self.vectors_i8 is not None and self.scales is not None
+        docs = torch.from_numpy(np.ascontiguousarray(self.vectors_i8[rows]))  # (n_rows, dim) int8
+        scales = torch.from_numpy(np.ascontiguousarray(self.scales[rows]))  # (n_rows,) float32
+        return maxsim(q, docs, offsets, scales=scales).numpy()
 
     def approximate(self, q: torch.Tensor, units: np.ndarray, codec: Compressor) -> np.ndarray:
         """The codec's stage-2 scores (k,) of ``units`` (k,) from their codes."""
@@ -851,22 +872,34 @@ class IndexEngine:
 
     # --------------------------------------------------------------------------------- merges
     def merge_candidates(self, snap: Snapshot) -> list[list[SegmentReader]]:
-        """Tiered policy: groups of ``merge_factor`` segments of one size tier (smallest first); a
-        segment with a third of its units tombstoned is rewritten alone (vacuum)."""
-        tiers: dict[int, list[SegmentReader]] = {}
+        """Tiered policy: groups of ``merge_factor`` segments of one size tier (smallest first), cut so
+        that a merged segment holds at most ``MAX_SEGMENT_ROWS`` rows (a segment of half that is final);
+        a segment with a third of its units tombstoned is rewritten alone (vacuum)."""
+        tiers: dict[int, list[tuple[SegmentReader, int]]] = {}
         groups = []
         for r, d in zip(snap.readers, snap.deleted, strict=True):
             live = int((~d).sum())
             if r.n_units and d.sum() * 3 >= r.n_units:
                 groups.append([r])
                 continue
+            rows = int(r.lengths[~d].sum())
+            if rows * 2 >= MAX_SEGMENT_ROWS:
+                continue
             tier = int(np.log(max(live, 1)) / np.log(self.merge_factor))
-            tiers.setdefault(tier, []).append(r)
+            tiers.setdefault(tier, []).append((r, rows))
         for _, members in sorted(tiers.items()):
-            members.sort(key=lambda r: r.n_units)
+            members.sort(key=lambda m: m[0].n_units)
             while len(members) >= self.merge_factor:
-                groups.append(members[: self.merge_factor])
-                members = members[self.merge_factor :]
+                group, total = [], 0
+                for r, rows in members[: self.merge_factor]:
+                    if group and total + rows > MAX_SEGMENT_ROWS:
+                        break
+                    group.append(r)
+                    total += rows
+                if len(group) < 2:
+                    break
+                groups.append(group)
+                members = members[len(group) :]
         return groups
 
     def maybe_merge(self, *, max_merges: int = 16) -> MergeStats:

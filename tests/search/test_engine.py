@@ -112,6 +112,33 @@ class TestSearch:
         assert sum(p.stat().st_size for p in tmp_path.glob("seg-*.seg")) < size
         assert not read_manifest(tmp_path).tombstones
 
+    def test_merges_stop_at_the_segment_size_cap_and_exact_scans_run_in_chunks(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """No merge writes a segment above MAX_SEGMENT_ROWS rows (segments of half of it are final), and
+        an exact scan larger than EXACT_CHUNK_ROWS answers as one call would."""
+        import patchseek.search.engine as engine_module
+
+        rng = np.random.default_rng(7)
+        engine = IndexEngine(tmp_path, DIM, merge_factor=4)
+        docs: dict[int, list[PatchBag]] = {}
+        for start in range(1, 61, 3):  # 20 segments of 3 documents x 3 units x 0-15 rows
+            _fill_one_segment(engine, docs, start, 3, rng)
+        q = torch.from_numpy(rng.standard_normal((5, DIM)).astype(np.float32))
+        exact = engine.snapshot().search(q, top_k_hits=10, stage1="exact").hits
+        cap = 200
+        monkeypatch.setattr(engine_module, "MAX_SEGMENT_ROWS", cap)
+        monkeypatch.setattr(engine_module, "EXACT_CHUNK_ROWS", 37)
+        engine.maybe_merge(max_merges=100)
+        snap = engine.snapshot()
+        sizes = [r.n_rows for r in snap.readers]
+        assert max(sizes) <= cap and len(sizes) < 20
+        assert engine.merge_candidates(snap) == []  # what is left cannot merge under the cap
+        chunked = snap.search(q, top_k_hits=10, stage1="exact").hits
+        assert [(h.doc_id, h.ordinal) for h in chunked] == [(h.doc_id, h.ordinal) for h in exact]
+        np.testing.assert_allclose([h.score for h in chunked], [h.score for h in exact], rtol=1e-5)
+        assert [(h.doc_id, h.ordinal) for h in exact] == _exact_top(docs, q, 10)
+
     def test_republishing_a_document_replaces_its_units(self, tmp_path: Path) -> None:
         rng = np.random.default_rng(2)
         engine = IndexEngine(tmp_path, DIM)
