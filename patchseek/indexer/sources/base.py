@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 from patchseek.errors import DocumentReadError, UnsupportedMediaError
 from patchseek.types import MediaType, SourceUnit
+
+VideoSampling = Literal["interval", "scenes"]
 
 # Magic numbers of the formats we read. The file name is never trusted.
 _IMAGE_MAGIC: tuple[tuple[bytes, int], ...] = (
@@ -62,7 +65,10 @@ class ReadOptions:
     max_pages: int = 2000
     image_max_side: int = 4096
     video_interval: float = 1.0
-    video_max_frames: int = 3600
+    video_max_frames: int = 3600  # units per video, frames or shots
+    video_sampling: VideoSampling = "interval"  # or "scenes": one unit per shot
+    video_min_shot_seconds: float = 0.5
+    video_scene_threshold: float = 3.0
     max_page_pixels: int = 4096 * 4096  # rendered pixels per PDF page; larger pages are drawn smaller
     max_decode_pixels: int = 40_000_000  # decoded pixels per image; larger ones are refused
 
@@ -86,4 +92,12 @@ def read_units(data: bytes, options: ReadOptions | None = None) -> tuple[MediaTy
     if media == "image":
         image = read_image(data, max_side=options.image_max_side, max_pixels=options.max_decode_pixels)
         return media, iter([image])
-    return media, read_video(data, interval=options.video_interval, max_frames=options.video_max_frames)
+    return media, read_video(
+        data,
+        interval=options.video_interval,
+        max_frames=options.video_max_frames,
+        sampling=options.video_sampling,
+        min_shot_seconds=options.video_min_shot_seconds,
+        scene_threshold=options.video_scene_threshold,
+        max_pixels=options.max_decode_pixels,
+    )
