@@ -123,7 +123,9 @@ $("upload").addEventListener("submit", async (ev) => {
   try {
     let job = await api(`${path}/documents`, { method: "POST", body: form });
     while (job.status === "queued" || job.status === "running") {
-      show($("job"), `job ${job.id}: ${job.status} ${job.progress}/${job.total}`);
+      // Pages and frames: the total grows as each file is opened.
+      show($("job"), `job ${job.id}: ${job.status} · ${job.units_done}/${job.units_total} pages/frames`
+        + ` · file ${Math.min(job.progress + 1, job.total)} of ${job.total}`);
       await new Promise((r) => setTimeout(r, 700));
       job = await api(`/v1/jobs/${job.id}`);
     }

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 from collections.abc import Iterator
 from typing import Any
 
 import av
 
 from patchseek.errors import DocumentReadError, ImageTooLargeError, MissingDependencyError
-from patchseek.indexer.sources.base import VideoSampling
+from patchseek.indexer.sources.base import UnitStream, VideoSampling
 from patchseek.types import SourceUnit
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def read_video(
     min_shot_seconds: float = 0.5,
     scene_threshold: float = 3.0,
     max_pixels: int | None = None,
-) -> Iterator[SourceUnit]:
+) -> UnitStream:
     """Yield the video's units with ``t_start`` / ``t_end`` in seconds, at most ``max_frames`` of them.
 
     ``sampling="interval"``: a frame is taken at t = 0, interval, 2·interval, …; it stands for the span
@@ -80,8 +81,12 @@ def read_video(
         # shot, hence its middle frame, is only known at the cut that ends it.
         _open(data, max_pixels).close()
         spans = scene_spans(data, min_shot_seconds=min_shot_seconds, threshold=scene_threshold)
-        return _shots(_open(data, max_pixels), spans[:max_frames])
-    return _frames(_open(data, max_pixels), interval, max_frames)
+        spans = spans[:max_frames]
+        return UnitStream(_shots(_open(data, max_pixels), spans), len(spans))
+    container = _open(data, max_pixels)
+    duration = _duration(container)
+    expected = None if duration is None else max(1, min(max_frames, math.ceil(duration / interval - 1e-6)))
+    return UnitStream(_frames(container, interval, max_frames), expected)
 
 
 def _frames(container: av.container.InputContainer, interval: float, max_frames: int) -> Iterator[SourceUnit]:
