@@ -73,6 +73,7 @@ def ingest(
 ) -> None:
     """Ingest files into a collection (created if missing). Exits 1 if any file failed."""
     from patchseek.api.services import CollectionService, IngestService, JobService
+    from patchseek.api.services.ingest import IngestProgress
 
     ctx = _context()
     try:
@@ -87,11 +88,14 @@ def ingest(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
+            TextColumn("pages/frames"),
             TimeElapsedColumn(),
             console=console,
             transient=not sys.stderr.isatty(),
         ) as bar:
-            task = bar.add_task("ingesting", total=len(files))
+            # The bar counts pages, images and video frames; its total grows as each file is opened.
+            task = bar.add_task("ingesting", total=None)
+            units_before = 0  # of the jobs already run
             for start in range(0, len(files), files_per_job):
                 chunk = files[start : start + files_per_job]
                 job = service.submit(
@@ -101,12 +105,19 @@ def ingest(
                     metadata=_json_option(metadata),
                 )
 
-                def on_progress(name: str, n_units: int) -> None:
-                    bar.update(task, description=f"{Path(name).name[:40]} ({n_units} units)")
+                def on_progress(p: IngestProgress, start: int = start, before: int = units_before) -> None:
+                    current = min(start + p.documents_done + 1, len(files))
+                    bar.update(
+                        task,
+                        completed=before + p.units_done,
+                        total=before + p.units_total,
+                        description=f"{Path(p.filename).name[:40]} (file {current}/{len(files)})",
+                    )
 
                 job = service.run_job(job.id, progress=on_progress)
+                units_before += job.units_done
+                bar.update(task, completed=units_before, total=units_before)
                 results.extend(job.result.get("documents", []))
-                bar.update(task, advance=len(chunk))
                 # Merges after every job, as a worker does: segments (and open files) stay few.
                 refit = JobService(ctx).prepare_search(job.id)
             if files and refit is not None:  # the collection outgrew its codec's fit: refit now

@@ -29,7 +29,18 @@ class Settings(BaseSettings):
     max_pages: int = Field(default=2000, ge=1, description="pages per PDF before it is refused")
     image_max_side: int = Field(default=4096, ge=64, description="larger images are downscaled")
     video_interval: float = Field(default=1.0, gt=0, description="seconds between sampled video frames")
-    video_max_frames: int = Field(default=3600, ge=1)
+    video_max_frames: int = Field(default=3600, ge=1, description="units (frames or shots) per video")
+    video_sampling: Literal["interval", "scenes"] = Field(
+        default="interval",
+        description="'interval': a frame every video_interval seconds; 'scenes': one unit per shot "
+        "(PySceneDetect), spanning the shot, its image the shot's middle frame",
+    )
+    video_min_shot_seconds: float = Field(default=0.5, gt=0, description="shortest shot (scenes sampling)")
+    video_scene_threshold: float = Field(
+        default=3.0,
+        gt=0,
+        description="a cut: a frame changes this many times more than its neighbours (scenes sampling)",
+    )
     thumbnail_size: int = Field(default=256, ge=32)
     ocr: bool = Field(default=True, description="OCR images and video frames for the lexical encoder")
 

@@ -7,6 +7,7 @@ right answer.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,17 +116,28 @@ def make_whiteboard_jpeg() -> bytes:
 
 def make_video(fps: int = 4) -> bytes:
     """An MPEG-4 video: one titled scene per ``VIDEO_SCENE_SECONDS`` seconds."""
+    return make_slides_video([([t, sub], VIDEO_SCENE_SECONDS) for t, sub in VIDEO_SCENES], fps=fps)
+
+
+def make_slides_video(
+    slides: Sequence[tuple[Sequence[str], float]], *, fps: int = 4, size: tuple[int, int] = (640, 360)
+) -> bytes:
+    """An MPEG-4 video of slides ``(lines, seconds)`` shown one after another, cut hard between them.
+
+    A bar moving along the bottom keeps consecutive frames distinct, as in real footage. A slide lasts
+    ``round(seconds * fps)`` frames.
+    """
+    width, height = size
     buf = io.BytesIO()
     with av.open(buf, mode="w", format="mp4") as container:
         stream = container.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = 640, 360, "yuv420p"
-        for title, subtitle in VIDEO_SCENES:
-            frame_image = _text_image([title, subtitle], (640, 360), font_size=40)
-            for i in range(VIDEO_SCENE_SECONDS * fps):
-                # A moving bar keeps frames distinct, as in real footage.
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for lines, seconds in slides:
+            frame_image = _text_image(list(lines), size, font_size=40)
+            for i in range(round(seconds * fps)):
                 array = np.asarray(frame_image).copy()
-                x = (i * 37) % 600
-                array[330:350, x : x + 40] = (200, 60, 60)
+                x = (i * 37) % (width - 40)
+                array[height - 30 : height - 10, x : x + 40] = (200, 60, 60)
                 frame = av.VideoFrame.from_ndarray(array, format="rgb24")
                 for packet in stream.encode(frame):
                     container.mux(packet)

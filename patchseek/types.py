@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 from PIL import Image
 
-UnitKind = Literal["page", "image", "frame", "segment"]
+UnitKind = Literal["page", "image", "frame", "shot", "segment"]
 MediaType = Literal["pdf", "image", "video"]
 
 

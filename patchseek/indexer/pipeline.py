@@ -23,7 +23,10 @@ from patchseek.indexer.sources import ReadOptions, read_units
 from patchseek.search.engine import IndexEngine, UnitBatch
 from patchseek.types import PatchBag, SourceUnit
 
-Progress = Callable[[int], None]  # units encoded so far in this document
+# (units encoded so far in this document, units it is expected to have): called after every unit the
+# encoder reports (each unit for the lexical encoder, each encoder batch for colpali-engine models);
+# the expected count is the source's (``UnitStream.expected``), never below the units done.
+Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -69,17 +72,21 @@ def encode_document(
     rows: list[dict[str, Any]] = []
     bags: list[PatchBag] = []
     batch: list[SourceUnit] = []
+
+    def encoded(done_in_batch: int) -> None:
+        if progress is not None:
+            done = len(rows) + done_in_batch
+            progress(done, max(done, units.expected or 0))
+
+    if progress is not None:
+        progress(0, units.expected or 0)
     for unit in units:
         batch.append(unit)
         if len(batch) >= max(1, batch_size):
-            _encode_batch(encoder, batch, rows, bags, blobs, thumbnail_size)
+            _encode_batch(encoder, batch, rows, bags, blobs, thumbnail_size, encoded)
             batch = []
-            if progress is not None:
-                progress(len(rows))
     if batch:
-        _encode_batch(encoder, batch, rows, bags, blobs, thumbnail_size)
-        if progress is not None:
-            progress(len(rows))
+        _encode_batch(encoder, batch, rows, bags, blobs, thumbnail_size, encoded)
     if not rows:
         raise InvalidInputError("the file has no pages or frames")
     rows, bags = compress_units(compression, media_type, rows, bags)
@@ -93,8 +100,11 @@ def _encode_batch(
     bags: list[PatchBag],
     blobs: BlobStore,
     thumbnail_size: int,
+    encoded: Callable[[int], None],
 ) -> None:
-    for unit, bag in zip(batch, encoder.encode_units(batch), strict=True):
+    for unit, bag in zip(
+        batch, encoder.encode_units(batch, progress=lambda done, _total: encoded(done)), strict=True
+    ):
         rows.append(
             {
                 "ordinal": len(rows),

@@ -890,7 +890,8 @@ class IndexEngine:
         for _, members in sorted(tiers.items()):
             members.sort(key=lambda m: m[0].n_units)
             while len(members) >= self.merge_factor:
-                group, total = [], 0
+                group: list[SegmentReader] = []
+                total = 0
                 for r, rows in members[: self.merge_factor]:
                     if group and total + rows > MAX_SEGMENT_ROWS:
                         break

@@ -8,12 +8,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+from patchseek.samples import make_slides_video
+
 PHRASE = "Es ist also egal in welcher Reihenfolge die Schnittpunkte mit der x Achse"
 PHRASE_PAGE = 89  # of 009-pdflatex-geotopo/GeoTopo-komprimiert.pdf
 
 
-def run_cli(data_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PATCHSEEK_DATA_DIR": str(data_dir), "PATCHSEEK_VIDEO_INTERVAL": "1.5"}
+def run_cli(
+    data_dir: Path, *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "PATCHSEEK_DATA_DIR": str(data_dir),
+        "PATCHSEEK_VIDEO_INTERVAL": "1.5",
+        **(env or {}),
+    }
     env.pop("PATCHSEEK_DATABASE_URL", None)
     result = subprocess.run(
         [sys.executable, "-m", "patchseek.cli", *args], env=env, capture_output=True, text=True, timeout=600
@@ -57,6 +66,33 @@ def test_ingest_and_search_samples(tmp_path, samples) -> None:  # type: ignore[n
     assert "1 duplicates" in again.stderr
     table = run_cli(data, "search", "glacier", "-c", "demo").stdout
     assert "report.pdf" in table and "page 3" in table
+
+
+def test_scene_sampling_gives_one_unit_per_shot(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Slides cut hard at 2.0 s and 5.5 s: three shots, and the hit names the span of its slide."""
+    data = tmp_path / "data"
+    video = tmp_path / "talk.mp4"
+    video.write_bytes(
+        make_slides_video(
+            [
+                (["Photosynthesis", "in green leaves"], 2.0),
+                (["Volcanic eruptions", "and lava flows"], 3.5),
+                (["Glacier retreat", "in the Alps"], 1.5),
+            ],
+            fps=8,
+        )
+    )
+    scenes = {"PATCHSEEK_VIDEO_SAMPLING": "scenes", "PATCHSEEK_OCR": "true"}
+    out = run_cli(data, "ingest", str(video), "-c", "talks", env=scenes)
+    assert "1 ingested (3 units)" in out.stderr, out.stderr
+    for query, span in [("volcanic lava", (2.0, 5.5)), ("glacier retreat", (5.5, 7.0))]:
+        hits = [
+            json.loads(x)
+            for x in run_cli(data, "search", query, "-c", "talks", "--json", "-k", "3").stdout.splitlines()
+        ]
+        assert hits[0]["kind"] == "shot" and hits[0]["document"] == "talk.mp4"
+        assert (hits[0]["t_start"], hits[0]["t_end"]) == span
+        assert hits[0]["score"] > max(h["score"] for h in hits[1:])
 
 
 def test_bad_files_fail_alone(tmp_path, samples) -> None:  # type: ignore[no-untyped-def]

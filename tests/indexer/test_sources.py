@@ -9,10 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from patchseek.errors import DocumentReadError, EncryptedDocumentError, UnsupportedMediaError
+from patchseek.errors import (
+    DocumentReadError,
+    EncryptedDocumentError,
+    ImageTooLargeError,
+    UnsupportedMediaError,
+)
 from patchseek.indexer.sources import read_image, read_units, sniff_media_type
 from patchseek.indexer.sources.base import ReadOptions
-from patchseek.samples import PDF_PAGES, make_pdf, make_video
+from patchseek.samples import PDF_PAGES, make_pdf, make_slides_video, make_video
 
 
 def _png(image: Image.Image, fmt: str = "PNG", **kwargs: object) -> bytes:
@@ -133,3 +138,60 @@ class TestVideo:
                 container.mux(packet)
         with pytest.raises(DocumentReadError, match="no video stream"):
             read_units(buf.getvalue())
+
+    def test_frames_over_the_pixel_budget_fail_the_video(self) -> None:
+        with pytest.raises(ImageTooLargeError):
+            read_units(make_video(), ReadOptions(max_decode_pixels=320 * 180))
+
+
+# Slides of dark text on a light background, as in a recorded talk: the cuts between them change few
+# pixels, while a bar moving along the bottom changes some in every frame.
+SLIDES = [
+    (["Photosynthesis", "in green leaves"], 2.0),
+    (["Volcanic eruptions", "and lava flows"], 3.5),
+    (["Glacier retreat", "in the Alps"], 1.5),
+]
+FPS = 8
+
+
+@pytest.fixture(scope="module")
+def video() -> bytes:
+    return make_slides_video(SLIDES, fps=FPS)
+
+
+class TestVideoScenes:
+    def test_one_shot_per_slide_with_its_span(self, video: bytes) -> None:
+        _, units = read_units(video, ReadOptions(video_sampling="scenes"))
+        shots = list(units)
+        assert [u.kind for u in shots] == ["shot"] * 3
+        assert [u.index for u in shots] == [0, 1, 2]
+        assert [(u.t_start, u.t_end) for u in shots] == [(0.0, 2.0), (2.0, 5.5), (5.5, 7.0)]
+
+    def test_a_shot_shows_its_middle_frame(self, video: bytes) -> None:
+        _, units = read_units(video, ReadOptions(video_sampling="scenes"))
+        _, every = read_units(video, ReadOptions(video_interval=1 / FPS))
+        frames = {u.t_start: np.asarray(u.image, dtype=np.int16) for u in every}
+        for shot in units:
+            assert shot.t_start is not None and shot.t_end is not None
+            middle = (shot.t_start + shot.t_end) / 2
+            first_after = min(t for t in frames if t is not None and t >= middle - 1e-6)
+            assert np.abs(np.asarray(shot.image, dtype=np.int16) - frames[first_after]).max() == 0
+
+    def test_a_video_without_cuts_is_one_shot(self) -> None:
+        _, units = read_units(make_slides_video([SLIDES[0]], fps=FPS), ReadOptions(video_sampling="scenes"))
+        assert [(u.t_start, u.t_end) for u in units] == [(0.0, 2.0)]
+
+    def test_max_frames_caps_shots(self, video: bytes) -> None:
+        _, units = read_units(video, ReadOptions(video_sampling="scenes", video_max_frames=2))
+        assert [(u.t_start, u.t_end) for u in units] == [(0.0, 2.0), (2.0, 5.5)]
+
+    def test_no_cut_comes_sooner_than_the_shortest_shot(self, video: bytes) -> None:
+        _, units = read_units(video, ReadOptions(video_sampling="scenes", video_min_shot_seconds=2.5))
+        assert [(u.t_start, u.t_end) for u in units] == [(0.0, 5.5), (5.5, 7.0)]
+
+    def test_corrupt_and_oversized_videos_fail(self, video: bytes) -> None:
+        with pytest.raises(DocumentReadError):
+            _, units = read_units(video[: len(video) // 2], ReadOptions(video_sampling="scenes"))
+            list(units)
+        with pytest.raises(ImageTooLargeError):
+            read_units(video, ReadOptions(video_sampling="scenes", max_decode_pixels=320 * 180))

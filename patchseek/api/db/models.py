@@ -133,8 +133,13 @@ class Job(Base):
     kind: Mapped[str] = mapped_column(String(16), default="ingest")
     # queued | running | succeeded | partial (some documents failed) | failed | cancelled
     status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    # Documents done (read and encoded, or failed) of the job's ``total`` documents.
     progress: Mapped[int] = mapped_column(Integer, default=0)
     total: Mapped[int] = mapped_column(Integer, default=0)
+    # Ingest jobs: pages, images and video frames encoded, of the units of the documents opened so far
+    # (it grows as each document is opened: a PDF's page count, a video's expected frames or shots).
+    units_done: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    units_total: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

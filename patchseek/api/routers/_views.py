@@ -63,6 +63,8 @@ def job_public(job: Job, collection: str) -> JobPublic:
         status=job.status,
         progress=job.progress,
         total=job.total,
+        units_done=job.units_done,
+        units_total=job.units_total,
         documents=[DocumentResultPublic(**d) for d in job.result.get("documents", [])],
         error=job.error,
         created_at=job.created_at,

@@ -182,8 +182,16 @@ class JobPublic(BaseModel):
     collection: str
     kind: str
     status: str
-    progress: int
-    total: int
+    progress: int = Field(description="documents done (encoded or failed) of `total`")
+    total: int = Field(description="documents in the job (rebuilds: documents to index again)")
+    units_done: int = Field(
+        default=0, description="ingest: pages, images and video frames encoded so far, in all documents"
+    )
+    units_total: int = Field(
+        default=0,
+        description="ingest: units of the documents opened so far (a PDF's pages, a video's expected "
+        "frames or shots); it grows as each document is opened and equals `units_done` at the end",
+    )
     documents: list[DocumentResultPublic]
     error: str | None
     created_at: UtcDatetime

@@ -59,6 +59,9 @@ class ServiceContext:
             image_max_side=s.image_max_side,
             video_interval=s.video_interval,
             video_max_frames=s.video_max_frames,
+            video_sampling=s.video_sampling,
+            video_min_shot_seconds=s.video_min_shot_seconds,
+            video_scene_threshold=s.video_scene_threshold,
             max_page_pixels=s.max_page_pixels,
             max_decode_pixels=s.max_decode_pixels,
         )

@@ -36,7 +36,26 @@ from patchseek.types import PatchBag
 
 log = logging.getLogger(__name__)
 
-DocumentProgress = Callable[[str, int], None]  # (filename, units done)
+DocumentProgress = Callable[[str, int, int], None]  # (filename, units done, units expected) in one file
+
+
+@dataclass(frozen=True)
+class IngestProgress:
+    """Where a running ingest job stands; reported after every encoded page, image or video frame.
+
+    ``units_total`` counts the units of the documents opened so far (a PDF's page count, an image's 1,
+    a video's expected frames or shots): it grows as each document is opened, and once the last one
+    is done it equals ``units_done``. Documents count the same way as the job's ``progress``/``total``.
+    """
+
+    filename: str
+    units_done: int
+    units_total: int
+    documents_done: int
+    documents_total: int
+
+
+IngestProgressFn = Callable[[IngestProgress], None]
 
 
 @dataclass(frozen=True)
@@ -166,20 +185,24 @@ class IngestService:
 
     # -- processing -------------------------------------------------------------------------------
 
-    def run_job(self, job_id: int, progress: DocumentProgress | None = None) -> Job:
+    def run_job(self, job_id: int, progress: IngestProgressFn | None = None) -> Job:
         """Ingest every pending document of a claimed job, recording per-document results.
 
         Documents are encoded one by one (a failure fails that document alone) and buffered; every
         ``settings.segment_rows`` patch rows, and at the end, the buffer becomes one segment of the
-        collection's index, published and then made visible by one database transaction (``_publish``).
-        A job of small files therefore writes one segment.
+        collection's index, published and then made visible by one database transaction
+        (``_publish``). A job of small files therefore writes one segment. After every encoded unit the
+        job's ``units_done``/``units_total`` (and heartbeat) are written and ``progress`` is called.
         """
         with self.ctx.db.session() as session:
             job = session.get(Job, job_id)
             if job is None:
                 raise NotFoundError(f"job {job_id} does not exist")
             document_ids = list(job.payload.get("document_ids", []))
-        beat = self._with_heartbeat(job_id, progress)
+            # A job re-queued after a crash starts from what its documents reported before; the
+            # pages of the one it was encoding when the worker died are counted again.
+            counter = _UnitCounter(self, job_id, job.units_done, job.progress, job.total, progress)
+        beat = counter.unit
         pending: list[_Encoded] = []
         queue = list(document_ids)
         retries = 0
@@ -197,7 +220,7 @@ class IngestService:
                     if doc is None or doc.status != "pending":
                         continue
                 item = self._encode(document_id, beat)
-                self._advance(job_id)  # progress counts documents read and encoded
+                counter.document_done()
                 if isinstance(item, DocumentResult):
                     self._record(job_id, [item])
                     continue
@@ -251,25 +274,10 @@ class IngestService:
             metrics.DOCUMENTS_INGESTED.labels(r.status).inc()
             metrics.UNITS_INGESTED.inc(r.n_units)
 
-    def _advance(self, job_id: int) -> None:
+    def _write_progress(self, job_id: int, **values: int) -> None:
+        """One UPDATE of the job's counters; it refreshes the heartbeat too."""
         with self.ctx.db.session() as session:
-            session.execute(
-                update(Job).where(Job.id == job_id).values(progress=Job.progress + 1, heartbeat_at=utcnow())
-            )
-
-    def _with_heartbeat(self, job_id: int, progress: DocumentProgress | None) -> DocumentProgress:
-        """Wrap a progress callback so the job's heartbeat is refreshed (at most every 10 s)."""
-        last = [time.monotonic()]
-
-        def beat(filename: str, n_units: int) -> None:
-            if time.monotonic() - last[0] > 10:
-                last[0] = time.monotonic()
-                with self.ctx.db.session() as session:
-                    session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow()))
-            if progress is not None:
-                progress(filename, n_units)
-
-        return beat
+            session.execute(update(Job).where(Job.id == job_id).values(**values, heartbeat_at=utcnow()))
 
     def _encode(self, document_id: int, progress: DocumentProgress | None) -> _Encoded | DocumentResult:
         """Read and encode one pending document for the active index version, or its failure."""
@@ -407,7 +415,7 @@ class IngestService:
             blobs=self.ctx.blobs,
             batch_size=self.ctx.settings.batch_size,
             thumbnail_size=self.ctx.settings.thumbnail_size,
-            progress=None if progress is None else (lambda n: progress(filename, n)),
+            progress=None if progress is None else (lambda n, expected: progress(filename, n, expected)),
         )
 
     def _fail(
@@ -440,6 +448,56 @@ class IngestService:
         self.ctx.version_index(version).delete_documents([document_id])
         with self.ctx.db.session() as session:
             release_blobs(session, self.ctx.blobs, keys)
+
+
+class _UnitCounter:
+    """A job's unit and document counters: the pipeline's per-document reports become job totals,
+    written to the job row (``units_done``, ``units_total``, ``progress``) and passed on."""
+
+    def __init__(
+        self,
+        service: IngestService,
+        job_id: int,
+        units_before: int,
+        documents_before: int,
+        documents_total: int,
+        callback: IngestProgressFn | None,
+    ) -> None:
+        self.service, self.job_id, self.callback = service, job_id, callback
+        self.finished = units_before  # units of the documents done with
+        self.documents_done, self.documents_total = documents_before, documents_total
+        self.done = self.expected = 0  # of the document being encoded
+        self.filename = ""
+
+    def unit(self, filename: str, done: int, expected: int) -> None:
+        """The pipeline's report for the document being encoded: ``done`` of ``expected`` units."""
+        self.filename, self.done, self.expected = filename, done, max(done, expected)
+        self.service._write_progress(
+            self.job_id, units_done=self.finished + done, units_total=self.finished + self.expected
+        )
+        self._report()
+
+    def document_done(self) -> None:
+        """The document is encoded (or failed): its units are final, whatever it was expected to have."""
+        self.finished += self.done
+        self.done = self.expected = 0
+        self.documents_done += 1
+        self.service._write_progress(
+            self.job_id, progress=self.documents_done, units_done=self.finished, units_total=self.finished
+        )
+        self._report()
+
+    def _report(self) -> None:
+        if self.callback is not None:
+            self.callback(
+                IngestProgress(
+                    self.filename,
+                    self.finished + self.done,
+                    self.finished + self.expected,
+                    self.documents_done,
+                    self.documents_total,
+                )
+            )
 
 
 def validate_metadata(metadata: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from sqlalchemy import select
 
 from patchseek import metrics
@@ -335,26 +335,35 @@ def unit_heatmap(
     vectors (n, dim), positions (n, 2) (row, col), query (n_q, dim). A cell's heat is the best similarity
     of any query token with any patch in it (the MaxSim contribution). Only patches within
     ``HEAT_RELATIVE`` of the page's best match light up (scaled to [0, 1] above that threshold), so
-    words that merely share n-grams with the query stay dark.
+    words that merely share n-grams with the query stay dark. The grid is laid evenly over the image,
+    as the encoders lay it (pixel row ``y`` is in cell row ``y * rows // height``): each lit cell is
+    tinted uniformly, its opacity its heat, and outlined; pixels of dark cells are left as they are.
     """
-    rows, cols = grid
-    heat = np.zeros((max(rows, 1), max(cols, 1)), dtype=np.float32)
+    rows, cols = max(grid[0], 1), max(grid[1], 1)
+    heat = np.zeros((rows, cols), dtype=np.float32)
     if vectors.shape[0] and query.shape[0]:
         per_patch = (query.float() @ vectors.float().T).max(dim=0).values.clamp(min=0).numpy()  # (n,)
-        r = positions[:, 0].clamp(0, heat.shape[0] - 1).numpy()
-        c = positions[:, 1].clamp(0, heat.shape[1] - 1).numpy()
+        r = positions[:, 0].clamp(0, rows - 1).numpy()
+        c = positions[:, 1].clamp(0, cols - 1).numpy()
         np.maximum.at(heat, (r, c), per_patch)
         top = float(heat.max())
         if top > 0:
             floor = HEAT_RELATIVE * top
             heat = np.where(heat >= floor, (heat - floor) / max(top - floor, 1e-9) * 0.8 + 0.2, 0.0)
-    mask = Image.fromarray((heat * 255).astype(np.uint8), mode="L").resize(
-        image.size, Image.Resampling.BILINEAR
-    )
-    red = Image.new("RGB", image.size, (255, 40, 0))
-    alpha = mask.point(lambda v: int(v * 0.6))
+    width, height = image.size
+    row_of = np.arange(height) * rows // height  # (height,) cell row of each pixel row
+    col_of = np.arange(width) * cols // width  # (width,)
+    opacity = (heat * 0.6 * 255).astype(np.uint8)  # (rows, cols)
+    alpha = Image.fromarray(np.ascontiguousarray(opacity[np.ix_(row_of, col_of)]), mode="L")
     base = image.convert("RGB")
-    base.paste(red, mask=alpha)
+    base.paste(Image.new("RGB", image.size, (255, 40, 0)), mask=alpha)
+    draw = ImageDraw.Draw(base)
+    for r, c in zip(*np.nonzero(heat), strict=True):
+        # The cell's pixels: the first and last x (y) whose cell column (row) is c (r).
+        x0, x1 = -(-int(c) * width // cols), -(-(int(c) + 1) * width // cols) - 1
+        y0, y1 = -(-int(r) * height // rows), -(-(int(r) + 1) * height // rows) - 1
+        if x1 >= x0 and y1 >= y0:
+            draw.rectangle((x0, y0, x1, y1), outline=(200, 20, 0))
     return base
 
 

@@ -123,7 +123,9 @@ $("upload").addEventListener("submit", async (ev) => {
   try {
     let job = await api(`${path}/documents`, { method: "POST", body: form });
     while (job.status === "queued" || job.status === "running") {
-      show($("job"), `job ${job.id}: ${job.status} ${job.progress}/${job.total}`);
+      // Pages and frames: the total grows as each file is opened.
+      show($("job"), `job ${job.id}: ${job.status} · ${job.units_done}/${job.units_total} pages/frames`
+        + ` · file ${Math.min(job.progress + 1, job.total)} of ${job.total}`);
       await new Promise((r) => setTimeout(r, 700));
       job = await api(`/v1/jobs/${job.id}`);
     }
@@ -158,10 +160,23 @@ function hitCard(h, query) {
   card.append(img, meta, text);
   const unit = Number(h.unit_id);
   imageURL(`/v1/units/${unit}/thumbnail`).then((u) => { if (u) img.src = u; });
+  // The heat map: the page image with the patch-grid cells that match a query token tinted; a second
+  // click goes back to the thumbnail.
+  let thumb = null;
   heat.addEventListener("click", async (ev) => {
     ev.preventDefault();
+    if (thumb) {
+      img.src = thumb;
+      thumb = null;
+      heat.textContent = "heat map";
+      return;
+    }
     const u = await imageURL(`/v1/units/${unit}/heatmap?query=${encodeURIComponent(query)}`);
-    if (u) img.src = u;
+    if (u) {
+      thumb = img.src;
+      img.src = u;
+      heat.textContent = "thumbnail";
+    }
   });
   return card;
 }

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 from patchseek.errors import DocumentReadError, UnsupportedMediaError
 from patchseek.types import MediaType, SourceUnit
+
+VideoSampling = Literal["interval", "scenes"]
 
 # Magic numbers of the formats we read. The file name is never trusted.
 _IMAGE_MAGIC: tuple[tuple[bytes, int], ...] = (
@@ -54,6 +57,25 @@ def sniff_media_type(data: bytes) -> MediaType:
     )
 
 
+class UnitStream(Iterator[SourceUnit]):
+    """A source's units, read lazily, and how many the source expects to yield.
+
+    ``expected`` is exact for PDFs (their page count), images (1) and scene-sampled videos (their shot
+    count), an estimate for interval-sampled videos (duration / interval, up to the frame cap) and
+    ``None`` where a video does not state its duration. Progress reports use it as their total.
+    """
+
+    def __init__(self, units: Iterator[SourceUnit], expected: int | None) -> None:
+        self._units = units
+        self.expected = expected
+
+    def __iter__(self) -> UnitStream:
+        return self
+
+    def __next__(self) -> SourceUnit:
+        return next(self._units)
+
+
 @dataclass(frozen=True)
 class ReadOptions:
     """How sources are turned into units; mirrors the ``Settings`` fields of the same names."""
@@ -62,13 +84,17 @@ class ReadOptions:
     max_pages: int = 2000
     image_max_side: int = 4096
     video_interval: float = 1.0
-    video_max_frames: int = 3600
+    video_max_frames: int = 3600  # units per video, frames or shots
+    video_sampling: VideoSampling = "interval"  # or "scenes": one unit per shot
+    video_min_shot_seconds: float = 0.5
+    video_scene_threshold: float = 3.0
     max_page_pixels: int = 4096 * 4096  # rendered pixels per PDF page; larger pages are drawn smaller
     max_decode_pixels: int = 40_000_000  # decoded pixels per image; larger ones are refused
 
 
-def read_units(data: bytes, options: ReadOptions | None = None) -> tuple[MediaType, Iterator[SourceUnit]]:
-    """Sniff ``data`` and return its media type and a lazy iterator over its units.
+def read_units(data: bytes, options: ReadOptions | None = None) -> tuple[MediaType, UnitStream]:
+    """Sniff ``data`` and return its media type and a lazy iterator over its units (with the number
+    of units it expects, ``UnitStream.expected``).
 
     Errors that can be detected up front (empty, unsupported, encrypted, corrupt header) are raised here;
     errors found while decoding later units are raised by the iterator.
@@ -85,5 +111,13 @@ def read_units(data: bytes, options: ReadOptions | None = None) -> tuple[MediaTy
         )
     if media == "image":
         image = read_image(data, max_side=options.image_max_side, max_pixels=options.max_decode_pixels)
-        return media, iter([image])
-    return media, read_video(data, interval=options.video_interval, max_frames=options.video_max_frames)
+        return media, UnitStream(iter([image]), 1)
+    return media, read_video(
+        data,
+        interval=options.video_interval,
+        max_frames=options.video_max_frames,
+        sampling=options.video_sampling,
+        min_shot_seconds=options.video_min_shot_seconds,
+        scene_threshold=options.video_scene_threshold,
+        max_pixels=options.max_decode_pixels,
+    )

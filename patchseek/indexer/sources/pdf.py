@@ -17,6 +17,7 @@ import pypdfium2 as pdfium
 from PIL import Image
 
 from patchseek.errors import DocumentReadError, EncryptedDocumentError, TooManyPagesError
+from patchseek.indexer.sources.base import UnitStream
 from patchseek.types import SourceUnit, Word
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ def render_page(
 
 def read_pdf(
     data: bytes, *, dpi: int = 100, max_pages: int = 2000, max_pixels: int = MAX_PAGE_PIXELS
-) -> Iterator[SourceUnit]:
+) -> UnitStream:
     """Yield one ``SourceUnit`` per page: the rendered image and the text layer's words.
 
     The document is opened eagerly so that encrypted or corrupt files fail before any page is yielded;
@@ -208,4 +209,4 @@ def read_pdf(
         finally:
             close_pdf(pdf)
 
-    return pages()
+    return UnitStream(pages(), n_pages)
