@@ -170,9 +170,9 @@ class IngestService:
         """Ingest every pending document of a claimed job, recording per-document results.
 
         Documents are encoded one by one (a failure fails that document alone) and buffered; every
-        ``settings.segment_rows`` patch rows, and at the end, the buffer becomes one segment of the collection's
-        index, published and then made visible by one database transaction (``_publish``). A job of
-        small files therefore writes one segment.
+        ``settings.segment_rows`` patch rows, and at the end, the buffer becomes one segment of the
+        collection's index, published and then made visible by one database transaction
+        (``_publish``). A job of small files therefore writes one segment.
         """
         with self.ctx.db.session() as session:
             job = session.get(Job, job_id)

@@ -142,7 +142,10 @@ class RebuildService:
                         results.append(item)
                     else:
                         batch.append((document_id, filename, item))
-                    if batch and (sum(e.n_rows for _, _, e in batch) >= self.ctx.settings.segment_rows or n == len(missing) - 1):
+                    if batch and (
+                        sum(e.n_rows for _, _, e in batch) >= self.ctx.settings.segment_rows
+                        or n == len(missing) - 1
+                    ):
                         results.extend(self._write(engine, new, batch))
                         batch = []
                     with self.ctx.db.session() as session:
