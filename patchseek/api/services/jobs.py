@@ -7,8 +7,9 @@ A running job records who runs it (``Job.worker``, ``host:pid:start-token``) and
 thread refreshes every ``PATCHSEEK_JOB_HEARTBEAT_SECONDS``. ``requeue_stale`` (at startup and every
 heartbeat interval in each worker) puts a job back in the queue when its worker is on this host and
 its process is gone, or when its heartbeat is older than four intervals (a worker on another host).
-Workers also sweep the blob store for blobs nothing references (``blobgc.sweep_orphan_blobs``): at
-start, after re-queueing the jobs of dead workers, and then once per ``PATCHSEEK_ORPHAN_GRACE_SECONDS``.
+Workers also sweep the blob store for blobs nothing references (``blobgc.sweep_orphan_blobs``), and the
+index folders for segment files no manifest lists: at start, after re-queueing the jobs of dead
+workers, and then once per ``PATCHSEEK_ORPHAN_GRACE_SECONDS``.
 """
 
 from __future__ import annotations
@@ -314,14 +315,17 @@ class JobService:
         return n
 
     def sweep_orphans(self) -> SweepReport | None:
-        """Remove blobs that nothing references (``blobgc.sweep_orphan_blobs``): page images of
-        documents that failed part-way or whose process was killed. A failure is logged, not raised:
-        it must not stop a worker from running jobs."""
+        """Remove blobs that nothing references (``blobgc.sweep_orphan_blobs``: page images of
+        documents that failed part-way or whose process was killed), then segment files no manifest
+        lists (``SearchService.remove_orphan_files``). A failure is logged, not raised: it must not stop
+        a worker from running jobs."""
+        report = None
         try:
-            return sweep_orphan_blobs(self.ctx.db, self.ctx.blobs, self.ctx.settings.orphan_grace_seconds)
+            report = sweep_orphan_blobs(self.ctx.db, self.ctx.blobs, self.ctx.settings.orphan_grace_seconds)
+            SearchService(self.ctx).remove_orphan_files()
         except Exception:
-            log.exception("the orphan blob sweep failed")
-            return None
+            log.exception("the orphan sweep failed")
+        return report
 
     def run_pending(self) -> int:
         """Re-queue the jobs of dead workers, then run queued jobs until none is left; returns how many
