@@ -1,4 +1,4 @@
-"""The ``patchseek`` command line: init, ingest, search, serve, worker, collections."""
+"""The ``patchseek`` command line: init, ingest, search, serve, worker, gc, collections."""
 
 from __future__ import annotations
 
@@ -356,6 +356,39 @@ def rebuild(
     else:
         console.print(f"[red]rebuild failed[/red]: {job.error}; the previous index version keeps serving")
         raise typer.Exit(1)
+
+
+@app.command()
+def gc(
+    grace: Annotated[
+        float | None,
+        typer.Option(
+            min=0, help="seconds an unreferenced file is kept (default PATCHSEEK_ORPHAN_GRACE_SECONDS)"
+        ),
+    ] = None,
+) -> None:
+    """Remove what nothing references: blobs no document or unit uses and segment files no manifest
+    lists, once older than the grace period (workers do this on their own at start and then hourly)."""
+    from patchseek.api.services import SearchService
+    from patchseek.api.services.blobgc import sweep_orphan_blobs
+
+    settings = Settings()
+    if grace is not None:
+        settings = settings.model_copy(update={"orphan_grace_seconds": grace})
+    ctx = _context(settings)
+    try:
+        report = sweep_orphan_blobs(ctx.db, ctx.blobs, settings.orphan_grace_seconds)
+        files = SearchService(ctx).remove_orphan_files()
+    except PatchseekError as exc:
+        _fail(exc)
+        return
+    finally:
+        ctx.close()
+    print(
+        f"blobs: {report.stored} stored, {report.referenced} referenced, {report.removed} removed, "
+        f"{report.kept_young} unreferenced kept (younger than {settings.orphan_grace_seconds:g} s); "
+        f"{report.temp_removed} temp files and {files} index files removed"
+    )
 
 
 keys_app = typer.Typer(help="API keys (stored hashed; the key is printed once, at creation).")

@@ -89,6 +89,13 @@ class Settings(BaseSettings):
         gt=0,
         description="how often a running job's worker proves it is alive; 4 missed beats re-queue the job",
     )
+    orphan_grace_seconds: float = Field(
+        default=3600,
+        ge=0,
+        description="blobs no document or unit references, and segment files no manifest lists, are "
+        "removed once older than this (workers sweep at start and then this often; `patchseek gc`); it "
+        "must exceed the longest upload request, whose blobs are written before its rows commit",
+    )
 
     @property
     def resolved_database_url(self) -> str:

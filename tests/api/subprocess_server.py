@@ -16,9 +16,12 @@ import httpx
 REPO = Path(__file__).resolve().parents[2]
 
 
-def start_server(data_dir: Path, **env: str) -> tuple[subprocess.Popen[bytes], httpx.Client]:
+def start_server(
+    data_dir: Path, *, log: Path | None = None, **env: str
+) -> tuple[subprocess.Popen[bytes], httpx.Client]:
     """Start ``patchseek serve`` on a free port with ``PATCHSEEK_DATA_DIR=data_dir`` (OCR off) plus
-    ``env``; return the process and a client once ``/healthz`` answers."""
+    ``env``; return the process and a client once ``/healthz`` answers. ``log``: a file that gets the
+    server's stdout and stderr (appended), instead of the test's own."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -30,9 +33,18 @@ def start_server(data_dir: Path, **env: str) -> tuple[subprocess.Popen[bytes], h
         **env,
     }
     full_env.pop("PATCHSEEK_DATABASE_URL", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "patchseek.cli", "serve", "--port", str(port)], cwd=REPO, env=full_env
-    )
+    out = None if log is None else log.open("ab")
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "patchseek.cli", "serve", "--port", str(port)],
+            cwd=REPO,
+            env=full_env,
+            stdout=out,
+            stderr=None if out is None else subprocess.STDOUT,
+        )
+    finally:
+        if out is not None:
+            out.close()  # the child holds its own copy
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300)
     deadline = time.monotonic() + 120
     while True:

@@ -7,6 +7,9 @@ A running job records who runs it (``Job.worker``, ``host:pid:start-token``) and
 thread refreshes every ``PATCHSEEK_JOB_HEARTBEAT_SECONDS``. ``requeue_stale`` (at startup and every
 heartbeat interval in each worker) puts a job back in the queue when its worker is on this host and
 its process is gone, or when its heartbeat is older than four intervals (a worker on another host).
+Workers also sweep the blob store for blobs nothing references (``blobgc.sweep_orphan_blobs``), and the
+index folders for segment files no manifest lists: at start, after re-queueing the jobs of dead
+workers, and then once per ``PATCHSEEK_ORPHAN_GRACE_SECONDS``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 from sqlalchemy import CursorResult, select, update
 
 from patchseek.api.db.models import Collection, Document, Job, utcnow
+from patchseek.api.services.blobgc import SweepReport, sweep_orphan_blobs
 from patchseek.api.services.context import ServiceContext
 from patchseek.api.services.ingest import IngestService
 from patchseek.api.services.rebuild import RebuildService
@@ -92,6 +96,7 @@ class JobService:
         self.ingest = IngestService(ctx)
         self.rebuild = RebuildService(ctx)
         self._last_sweep = float("-inf")
+        self._last_blob_sweep = float("-inf")
 
     def get(self, job_id: int) -> Job:
         with self.ctx.db.session() as session:
@@ -295,12 +300,32 @@ class JobService:
         return n
 
     def sweep(self) -> int:
-        """``requeue_stale`` at most once per heartbeat interval (workers call it between jobs)."""
+        """``requeue_stale`` at most once per heartbeat interval, and ``sweep_orphans`` at the first call
+        and then once per ``PATCHSEEK_ORPHAN_GRACE_SECONDS`` (workers call it between jobs). Returns how
+        many jobs were re-queued."""
         now = time.monotonic()
-        if now - self._last_sweep < self.ctx.settings.job_heartbeat_seconds:
-            return 0
-        self._last_sweep = now
-        return self.requeue_stale()
+        beat = self.ctx.settings.job_heartbeat_seconds
+        n = 0
+        if now - self._last_sweep >= beat:
+            self._last_sweep = now
+            n = self.requeue_stale()
+        if now - self._last_blob_sweep >= max(beat, self.ctx.settings.orphan_grace_seconds):
+            self._last_blob_sweep = now
+            self.sweep_orphans()
+        return n
+
+    def sweep_orphans(self) -> SweepReport | None:
+        """Remove blobs that nothing references (``blobgc.sweep_orphan_blobs``: page images of
+        documents that failed part-way or whose process was killed), then segment files no manifest
+        lists (``SearchService.remove_orphan_files``). A failure is logged, not raised: it must not stop
+        a worker from running jobs."""
+        report = None
+        try:
+            report = sweep_orphan_blobs(self.ctx.db, self.ctx.blobs, self.ctx.settings.orphan_grace_seconds)
+            SearchService(self.ctx).remove_orphan_files()
+        except Exception:
+            log.exception("the orphan sweep failed")
+        return report
 
     def run_pending(self) -> int:
         """Re-queue the jobs of dead workers, then run queued jobs until none is left; returns how many

@@ -116,7 +116,7 @@ class SearchService:
             collection = get_collection(session, collection_name)
         engine = self.ctx.version_index(self._version(collection))
         merged = engine.maybe_merge()
-        removed = engine.gc()
+        removed = engine.gc(grace_s=self.ctx.settings.orphan_grace_seconds)
         return {
             "merges": merged.merges,
             "rows_dropped": merged.rows_dropped,
@@ -124,6 +124,22 @@ class SearchService:
             "refit_due": engine.needs_refit(),
             "units": engine.snapshot().n_units,
         }
+
+    def remove_orphan_files(self, grace_s: float | None = None) -> int:
+        """``IndexEngine.gc`` on every active or building index version whose folder exists: segment
+        files no manifest lists (written by a killed process), temp files and unused fitted state,
+        older than ``grace_s`` (default ``PATCHSEEK_ORPHAN_GRACE_SECONDS``). Returns files removed."""
+        grace = self.ctx.settings.orphan_grace_seconds if grace_s is None else grace_s
+        with self.ctx.db.session() as session:
+            versions = session.scalars(
+                select(IndexVersion).where(IndexVersion.status.in_(("active", "building")))
+            ).all()
+            session.expunge_all()
+        n = 0
+        for version in versions:
+            if self.ctx.index_root(version.collection_id, version.number).is_dir():
+                n += self.ctx.version_index(version).gc(grace_s=grace)
+        return n
 
     def stats(self, collection_name: str) -> dict[str, Any]:
         """Units, segments, fitted state and bytes per unit (on disk and in RAM, by part)."""
