@@ -50,7 +50,7 @@ def _visible(service: EvaluationServiceDep, job_id: int, principal: Principal) -
     response_model=EvaluationPublic,
     response_model_by_alias=True,
     status_code=status.HTTP_202_ACCEPTED,
-    responses=errors(403, 404, 409, 422),
+    responses=errors(400, 403, 404, 409, 422),
 )
 def create_evaluation(
     name: NamePath,
