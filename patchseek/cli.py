@@ -391,6 +391,103 @@ def gc(
     )
 
 
+def _read_limited(path: Path, limit: int) -> str:
+    if not path.is_file():
+        raise typer.BadParameter(f"{path} is not a file")
+    if path.stat().st_size > limit:
+        raise typer.BadParameter(f"{path} is over {limit} bytes (PATCHSEEK_EVAL_MAX_FILE_BYTES)")
+    return path.read_text(encoding="utf-8-sig")
+
+
+@app.command("eval")
+def evaluate(
+    collection: Annotated[str, typer.Option("--collection", "-c")] = "default",
+    queries: Annotated[Path, typer.Option(help="qid<TAB>text lines, or BEIR JSONL")] = Path("queries.tsv"),
+    qrels: Annotated[
+        Path, typer.Option(help="TREC qrels: qid 0 item rel (item: name, name#page, name@seconds, unit id)")
+    ] = Path("qrels.txt"),
+    config: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--config",
+            help='an alternative, JSON: \'{"name": "pq", "compression": {"quantizer": "pq"}}\' or knobs '
+            "(candidates, stage1, stage1_k, nprobe, rerank), or an encoder; repeat for more",
+        ),
+    ] = None,
+    promote: Annotated[
+        str | None, typer.Option(help="swap this configuration (by name) in afterwards")
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="PNG of quality against bytes per page and latency")
+    ] = None,
+    depth: Annotated[int, typer.Option(min=1, help="hits retrieved per query")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per configuration")] = False,
+) -> None:
+    """Score the collection on judged queries, beside alternatives built as shadow index versions
+    (never served; dropped unless --promote). Writes the PNG to --plot (default COLLECTION-eval.png)."""
+    from patchseek.api.services import EvaluationService
+    from patchseek.evaluation import plot_png
+
+    configs = []
+    for text in config or []:
+        try:
+            configs.append(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise typer.BadParameter(f"--config {text!r} is not valid JSON: {exc}") from exc
+    settings = Settings()
+    queries_text = _read_limited(queries, settings.eval_max_file_bytes)
+    qrels_text = _read_limited(qrels, settings.eval_max_file_bytes)
+    ctx = _context(settings)
+    try:
+        service = EvaluationService(ctx)
+        job = service.submit(
+            collection,
+            queries=queries_text,
+            qrels=qrels_text,
+            configs=configs,
+            promote=promote,
+            depth=depth,
+            status="running",
+        )
+        job = service.run_job(job.id, progress=lambda name: console.print(f"scored {name}"))
+    except PatchseekError as exc:
+        _fail(exc)
+        return
+    finally:
+        ctx.close()
+    if job.status != "succeeded":
+        console.print(f"[red]evaluation failed[/red]: {job.error}; the live collection is unchanged")
+        raise typer.Exit(1)
+    result = job.result
+    target = plot or Path(f"{collection}-eval.png")
+    target.write_bytes(plot_png(result["rows"], title=f"{collection}: {result['queries']} queries"))
+    if as_json:
+        for row in result["rows"]:
+            print(json.dumps(row, ensure_ascii=False))
+    else:
+        _print_evaluation(result)
+    console.print(f"picture: {target}")
+    if result.get("promoted"):
+        p = result["promoted"]
+        console.print(
+            f"promoted {p['config']!r}: collection {collection!r} serves index version {p['index_version']}"
+        )
+
+
+def _print_evaluation(result: dict[str, Any]) -> None:
+    columns = ["config", *result["measures"], "p50_ms", "p95_ms", "bytes_per_page", "ram_bytes_per_page"]
+    table = Table(title=f"{result['queries']} judged queries", title_justify="left")
+    for c in columns:
+        table.add_column(c, overflow="fold")
+    for row in result["rows"]:
+        table.add_row(*(f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in columns))
+    Console().print(table)
+    sig = result.get("significance")
+    if sig:
+        ps = ", ".join(f"{m} p={'-' if p is None else f'{p:.3g}'}" for m, p in sig["p_values"].items())
+        print(f"best: {sig['config']} against live ({sig['stat_test']} paired t-test): {ps}")
+
+
 keys_app = typer.Typer(help="API keys (stored hashed; the key is printed once, at creation).")
 app.add_typer(keys_app, name="keys")
 

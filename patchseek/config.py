@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     api_keys: list[str] = Field(default_factory=list)
     max_upload_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
     max_top_k: int = Field(default=1000, ge=1)
+    # evaluations (``patchseek eval``, ``POST /v1/collections/{name}/evaluations``)
+    eval_max_queries: int = Field(default=1000, ge=1, description="judged queries one evaluation runs")
+    eval_max_file_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024, description="size of a queries or qrels file an evaluation reads"
+    )
+    eval_max_configs: int = Field(default=8, ge=1, description="configurations one evaluation compares")
     worker_in_process: bool = True
     job_stale_seconds: float = Field(
         default=300, gt=0, description="a running job without a heartbeat for this long is re-queued"

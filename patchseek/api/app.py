@@ -18,11 +18,12 @@ from starlette.routing import Match
 import patchseek
 from patchseek import metrics
 from patchseek.api.deps import require_api_key
-from patchseek.api.routers import collections, context, documents, health, jobs, search, units
+from patchseek.api.routers import collections, context, documents, evaluations, health, jobs, search, units
 from patchseek.api.routers import metrics as metrics_router
 from patchseek.api.routers._responses import SECURED
 from patchseek.api.services import (
     CollectionService,
+    EvaluationService,
     IngestService,
     JobService,
     RebuildService,
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.jobs = JobService(ctx)
         app.state.search = SearchService(ctx)
         app.state.rebuild = RebuildService(ctx)
+        app.state.evaluations = EvaluationService(ctx)
         app.state.keys = KeyService(ctx)
         app.state.worker = None
         if settings.worker_in_process:
@@ -153,6 +155,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(metrics_router.router)
     secured = [Depends(require_api_key)]
-    for module in (collections, documents, jobs, search, context, units):
+    for module in (collections, documents, jobs, search, context, units, evaluations):
         app.include_router(module.router, dependencies=secured, responses=SECURED)
     return app

@@ -9,6 +9,7 @@ from fastapi.security import APIKeyHeader
 
 from patchseek.api.services import (
     CollectionService,
+    EvaluationService,
     IngestService,
     JobService,
     RebuildService,
@@ -55,6 +56,10 @@ def get_rebuild(request: Request) -> RebuildService:
     return request.app.state.rebuild  # type: ignore[no-any-return]
 
 
+def get_evaluations(request: Request) -> EvaluationService:
+    return request.app.state.evaluations  # type: ignore[no-any-return]
+
+
 def get_search(request: Request) -> SearchService:
     return request.app.state.search  # type: ignore[no-any-return]
 
@@ -64,6 +69,7 @@ IngestServiceDep = Annotated[IngestService, Depends(get_ingest)]
 JobServiceDep = Annotated[JobService, Depends(get_jobs)]
 RebuildServiceDep = Annotated[RebuildService, Depends(get_rebuild)]
 SearchServiceDep = Annotated[SearchService, Depends(get_search)]
+EvaluationServiceDep = Annotated[EvaluationService, Depends(get_evaluations)]
 
 
 # A database id in a URL path (32-bit, positive); larger numbers get a 422 instead of reaching the database.

@@ -20,8 +20,9 @@ from tests.conftest import make_settings
 KEY = "fuzz-key"
 # Answers the schema cannot predict from the request's shape: whether an encoder named in a new
 # collection or a rebuild is on the operator's allow-list (PATCHSEEK_ENCODERS, a runtime setting) and
-# can be loaded, and whether image bytes decode as an image. They are documented (422, 415) and only
-# these three operations may give them to schema-valid data.
+# can be loaded, whether image bytes decode as an image, and whether an evaluation's queries and qrels
+# text parses and names documents of the collection. They are documented (422, 415) and only these
+# four operations may give them to schema-valid data.
 CONFIG = """
 [[operations]]
 include-name = "POST /v1/collections"
@@ -29,6 +30,10 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404",
 
 [[operations]]
 include-name = "POST /v1/collections/{name}/rebuild"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
+
+[[operations]]
+include-name = "POST /v1/collections/{name}/evaluations"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
 
 [[operations]]
@@ -82,5 +87,5 @@ def test_api_matches_its_openapi_document(api_url: str, tmp_path: Path) -> None:
     ]
     run = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     report = run.stdout + run.stderr
-    assert "Tested: 20" in report, report[-5000:]
+    assert "Tested: 24" in report, report[-5000:]
     assert run.returncode == 0, report[-20000:]

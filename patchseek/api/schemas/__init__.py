@@ -309,3 +309,99 @@ class ContextResponse(BaseModel):
     query: str
     items: list[ContextItemPublic]
     message: dict[str, Any]
+
+
+# Queries and qrels travel as the text of their files; the service checks their size against
+# PATCHSEEK_EVAL_MAX_FILE_BYTES (this bound only keeps a request body finite).
+EVAL_FILE_CHARS = 16_000_000
+
+
+class EvaluationConfig(BaseModel):
+    """One alternative: an index (``encoder`` and/or ``compression``, built as a shadow version) and/or
+    search knobs; what is left out is the live collection's (knobs: the search defaults)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: StoredText | None = Field(
+        default=None, min_length=1, max_length=64, description="row label; default: its settings"
+    )
+    encoder: StoredText | None = Field(default=None, min_length=1, max_length=512)
+    compression: Compression | None = Field(default=None, description="the whole compression setting")
+    candidates: int | None = Field(default=None, ge=1, le=10_000)
+    stage1: Literal["auto", "exact", "dense", "faiss"] | None = None
+    stage1_k: int | None = Field(default=None, ge=1, le=100_000)
+    nprobe: int | None = Field(default=None, ge=1, le=4096)
+    rerank: bool | None = None
+
+
+class EvaluationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    queries: str = Field(
+        min_length=1,
+        max_length=EVAL_FILE_CHARS,
+        description='queries file: qid<TAB>text lines, or BEIR JSONL ({"_id", "text"} per line)',
+    )
+    qrels: str = Field(
+        min_length=1,
+        max_length=EVAL_FILE_CHARS,
+        description="judgments: TREC qrels 'qid 0 item relevance' (or BEIR qrels TSV); an item is a "
+        "document name, name#page (1-based), name@seconds (video) or a unit id",
+    )
+    configs: list[EvaluationConfig] = Field(default_factory=list, max_length=64)
+    promote: StoredText | None = Field(
+        default=None, min_length=1, max_length=64, description="swap this configuration in at the end"
+    )
+    depth: int = Field(default=100, ge=1, le=1000, description="hits retrieved per query")
+
+
+class EvaluationRow(BaseModel):
+    """One configuration's figures: ranx measures, latency, bytes per page, fidelity to exact MaxSim."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    config: str
+    ndcg_10: float = Field(alias="ndcg@10")
+    mrr_10: float = Field(alias="mrr@10")
+    recall_10: float = Field(alias="recall@10")
+    recall_100: float = Field(alias="recall@100")
+    map: float
+    exact_recall_10: float = Field(
+        alias="exact_recall@10", description="share of the exact MaxSim top 10 units in this top 10"
+    )
+    p50_ms: float
+    p95_ms: float
+    bytes_per_page: float = Field(description="index bytes on disk per page / image / video unit")
+    ram_bytes_per_page: float
+    index_state: str | None = Field(description="the fitted codec / stage-1 state; null: scored exactly")
+    settings: dict[str, Any]
+    p_vs_live: dict[str, float | None] | None = Field(
+        default=None, description="paired t-test p-values (ranx) against the live row"
+    )
+
+
+class EvaluationPublic(BaseModel):
+    """An evaluation job; ``rows`` and the rest once it succeeded (``rows[0]`` is the live collection)."""
+
+    id: int
+    collection: str
+    status: str
+    progress: int = Field(description="configurations scored")
+    total: int
+    error: str | None
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
+    queries: int | None = None
+    unjudged_queries: int | None = None
+    measures: list[str] = Field(default_factory=list)
+    rows: list[EvaluationRow] = Field(default_factory=list)
+    best: str | None = None
+    significance: dict[str, Any] | None = None
+    promoted: dict[str, Any] | None = None
+    per_query: dict[str, dict[str, dict[str, float]]] | None = Field(
+        default=None, description="config → query id → measure (GET of one evaluation)"
+    )
+    runs: dict[str, dict[str, list[str]]] | None = Field(
+        default=None, description="config → query id → its top 10 judged labels, best first"
+    )

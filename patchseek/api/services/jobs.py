@@ -31,6 +31,8 @@ from sqlalchemy import CursorResult, select, update
 from patchseek.api.db.models import Collection, Document, Job, utcnow
 from patchseek.api.services.blobgc import SweepReport, sweep_orphan_blobs
 from patchseek.api.services.context import ServiceContext
+from patchseek.api.services.evaluation import KIND as EVALUATION
+from patchseek.api.services.evaluation import EvaluationService
 from patchseek.api.services.ingest import IngestService
 from patchseek.api.services.rebuild import RebuildService
 from patchseek.api.services.search import SearchService
@@ -204,6 +206,8 @@ class JobService:
                     kind = job.kind if job is not None else "ingest"
                 if kind == "rebuild":
                     self.rebuild.run_job(job_id)
+                elif kind == EVALUATION:
+                    EvaluationService(self.ctx).run_job(job_id)
                 else:
                     self.ingest.run_job(job_id)
         except Exception as exc:

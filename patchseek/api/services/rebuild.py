@@ -9,6 +9,7 @@ again from its original bytes in the blob store and encoded with the new encoder
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import delete, exists, func, select
@@ -96,65 +97,26 @@ class RebuildService:
             compression = collection.compression if compression is None else compression
             collection_id = collection.id
             old_id, old_number = old.id, old.number
-            reuse_vectors = spec == old.encoder
-        encoder = self.ctx.encoder(spec)
-        reuse_vectors = reuse_vectors and encoder.revision == old.encoder_revision
-        with self.ctx.db.session() as session:
-            number = session.scalar(
-                select(func.max(IndexVersion.number)).where(IndexVersion.collection_id == collection_id)
-            )
-            new = IndexVersion(
-                collection_id=collection_id,
-                number=(number or 0) + 1,
-                encoder=spec,
-                encoder_revision=encoder.revision,
-                dim=encoder.dim,
-                compression=compression,
-                status="building",
-            )
-            session.add(new)
-            session.flush()
-            session.expunge(new)
+            session.expunge(old)
+        new, source = self._new_version(old, spec, compression, status="building")
         results: list[dict[str, Any]] = []
         engine = self.ctx.version_index(new)
-        source = self.ctx.version_index(old) if reuse_vectors else None
-        if source is not None and not all(r.has_rerank for r in source.snapshot().readers):
-            source = None  # keep='none': the stored codes are lossy, re-encode from the sources
+
+        def check(done: int, total: int) -> None:
+            with self.ctx.db.session() as session:
+                job = session.get(Job, job_id)
+                assert job is not None
+                if job.status == "cancelled":
+                    raise ConflictError("the rebuild was cancelled")
+                job.total, job.progress, job.heartbeat_at = total, done, utcnow()
+
         try:
             while True:
-                missing = self._missing(collection_id, new.id)
-                if not missing:
-                    # Fit the codec and stage-1 centroids once, on a sample of the whole new version.
-                    engine.fit()
-                    if self._swap(collection_id, new, old_id):
-                        break
-                    continue
-                with self.ctx.db.session() as session:
-                    job = session.get(Job, job_id)
-                    assert job is not None
-                    if job.status == "cancelled":
-                        raise ConflictError("the rebuild was cancelled")
-                    job.total = len(results) + len(missing)
-                batch: list[tuple[int, str, EncodedDocument]] = []
-                for n, (document_id, filename, key) in enumerate(missing):
-                    item = self._encode(document_id, filename, key, new, old_number, source)
-                    if isinstance(item, dict):
-                        results.append(item)
-                    else:
-                        batch.append((document_id, filename, item))
-                    if batch and (
-                        sum(e.n_rows for _, _, e in batch) >= self.ctx.settings.segment_rows
-                        or n == len(missing) - 1
-                    ):
-                        results.extend(self._write(engine, new, batch))
-                        batch = []
-                    with self.ctx.db.session() as session:
-                        job = session.get(Job, job_id)
-                        assert job is not None
-                        job.progress = len(results)
-                        job.heartbeat_at = utcnow()
-                        if job.status == "cancelled":
-                            raise ConflictError("the rebuild was cancelled")
+                self._fill(engine, new, old_number, source, results, check)
+                # Fit the codec and stage-1 centroids once, on a sample of the whole new version.
+                engine.fit()
+                if self._swap(collection_id, new, old_id):
+                    break
         except Exception as exc:
             # The old version stays active; the half-built one is dropped.
             self._drop_version(collection_id, new.id, new.number)
@@ -179,6 +141,153 @@ class RebuildService:
             job.finished_at = utcnow()
             return job
 
+    # ------------------------------------------------------------------------ shadow versions
+    def build_shadow(
+        self,
+        collection_name: str,
+        *,
+        encoder: str | None = None,
+        compression: dict[str, Any] | None = None,
+        check: Callable[[int, int], None] | None = None,
+    ) -> IndexVersion:
+        """A version that search never serves unless asked for it (status ``"shadow"``), built like a
+        rebuild's new version beside the active one, which keeps serving untouched.
+
+        ``encoder`` / ``compression`` default to the active version's. Stored vectors are copied when the
+        encoder and the ingest-side compression (pruning, merging, video segments) are the active
+        version's; otherwise every document is encoded again from its original bytes. A version with a
+        quantizer is fitted even below the fit rule (``fit(force=True)``), so that its codec is what
+        gets measured; a codec-less one keeps the rule (a forced fit would add the dense stage-1 rows
+        that only large collections get). ``check(done, total)`` is called after each document (it may
+        raise to stop). Drop the version with ``drop_shadow`` or make it active with ``promote``.
+        """
+        with self.ctx.db.session() as session:
+            collection = get_collection(session, collection_name)
+            old = active_version(session, collection)
+            session.expunge(old)
+        if encoder is not None:
+            self.ctx.check_encoder_spec(encoder)
+        config = CompressionConfig.from_dict(old.compression if compression is None else compression)
+        new, source = self._new_version(old, encoder or old.encoder, config.to_dict(), status="shadow")
+        try:
+            engine = self.ctx.version_index(new)
+            self._fill(engine, new, old.number, source, [], check or (lambda done, total: None))
+            if not engine.fit() and config.quantizer != "none":
+                engine.fit(force=True)  # a codec is measured even where the collection is below its rule
+        except BaseException:
+            self.drop_shadow(new)
+            raise
+        return new
+
+    def promote(self, shadow: IndexVersion) -> int:
+        """Make a shadow version active by the rebuild's atomic swap (documents ingested since it was
+        built are added first); the previous version is dropped. Returns the new active number."""
+        with self.ctx.db.session() as session:
+            collection = session.get(Collection, shadow.collection_id)
+            if collection is None:
+                raise NotFoundError("the collection was deleted")
+            busy = session.scalar(
+                select(func.count(Job.id)).where(
+                    Job.collection_id == collection.id, Job.kind == "rebuild", Job.status == "running"
+                )
+            )
+            if busy:
+                raise ConflictError("a rebuild of the collection is running; promote after it ends")
+            old = active_version(session, collection)
+            session.expunge(old)
+        source = self._source(old, shadow)
+        engine = self.ctx.version_index(shadow)
+        while True:
+            self._fill(engine, shadow, old.number, source, [], lambda done, total: None)
+            engine.fit()
+            if self._swap(shadow.collection_id, shadow, old.id):
+                break
+        self._drop_version(old.collection_id, old.id, old.number)
+        return shadow.number
+
+    def drop_shadow(self, shadow: IndexVersion) -> None:
+        """Delete a shadow version: its units, its row and its files (an active version is kept)."""
+        with self.ctx.db.session() as session:
+            version = session.get(IndexVersion, shadow.id)
+            if version is not None and version.status != "shadow":
+                return
+            session.execute(delete(Unit).where(Unit.index_version_id == shadow.id))
+            if version is not None:
+                session.delete(version)
+        self.ctx.drop_index(shadow.collection_id, shadow.number)
+
+    # --------------------------------------------------------------------------- building
+    def _new_version(
+        self, old: IndexVersion, spec: str, compression: dict[str, Any], *, status: str
+    ) -> tuple[IndexVersion, Any]:
+        """A new version row with ``status`` and the engine to copy its stored vectors from (None:
+        encode from the sources, see ``_source``)."""
+        encoder = self.ctx.encoder(spec)
+        with self.ctx.db.session() as session:
+            number = session.scalar(
+                select(func.max(IndexVersion.number)).where(IndexVersion.collection_id == old.collection_id)
+            )
+            new = IndexVersion(
+                collection_id=old.collection_id,
+                number=(number or 0) + 1,
+                encoder=spec,
+                encoder_revision=encoder.revision,
+                dim=encoder.dim,
+                compression=compression,
+                status=status,
+            )
+            session.add(new)
+            session.flush()
+            session.expunge(new)
+        # A rebuild copies the stored vectors whatever its pruning says (as it always has); a shadow,
+        # built to measure that pruning, encodes again when it differs.
+        return new, self._source(old, new, same_ingest=status != "shadow")
+
+    def _source(self, old: IndexVersion, new: IndexVersion, *, same_ingest: bool = False) -> Any:
+        """The old version's engine when ``new`` can copy its stored vectors: same encoder and revision,
+        float rows kept, and (unless ``same_ingest``) the same pruning, merging and video segments."""
+        if new.encoder != old.encoder or new.encoder_revision != old.encoder_revision:
+            return None
+        if not same_ingest and _ingest_side(new.compression) != _ingest_side(old.compression):
+            return None
+        source = self.ctx.version_index(old)
+        if not all(r.has_rerank for r in source.snapshot().readers):
+            return None  # keep='none': the stored codes are lossy, re-encode from the sources
+        return source
+
+    def _fill(
+        self,
+        engine: Any,
+        new: IndexVersion,
+        old_number: int,
+        source: Any,
+        results: list[dict[str, Any]],
+        check: Callable[[int, int], None],
+    ) -> None:
+        """Write every ready document that has no units in ``new`` yet, until none is left (documents
+        ingested meanwhile included); segments are published unfitted. ``check(done, total)`` runs
+        after each document. A rebuild marks a document it cannot read failed (it would vanish at the
+        swap); a shadow leaves the live document alone and only skips it."""
+        shadow = new.status == "shadow"
+        skipped: set[int] = set()
+        while missing := [m for m in self._missing(new.collection_id, new.id) if m[0] not in skipped]:
+            check(len(results), len(results) + len(missing))
+            batch: list[tuple[int, str, EncodedDocument]] = []
+            for n, (document_id, filename, key) in enumerate(missing):
+                item = self._encode(
+                    document_id, filename, key, new, old_number, source, mark_failed=not shadow
+                )
+                if isinstance(item, dict):
+                    results.append(item)
+                    skipped.add(document_id)
+                else:
+                    batch.append((document_id, filename, item))
+                rows = sum(e.n_rows for _, _, e in batch)
+                if batch and (rows >= self.ctx.settings.segment_rows or n == len(missing) - 1):
+                    results.extend(self._write(engine, new, batch))
+                    batch = []
+                check(len(results), len(results) + len(missing) - n - 1)
+
     def _missing(self, collection_id: int, version_id: int) -> list[tuple[int, str, str]]:
         """Ready documents that have no units in the new version yet."""
         with self.ctx.db.session() as session:
@@ -191,7 +300,15 @@ class RebuildService:
             return [(r.id, r.filename, r.sha256) for r in rows]
 
     def _encode(
-        self, document_id: int, filename: str, key: str, new: IndexVersion, old_number: int, source: Any
+        self,
+        document_id: int,
+        filename: str,
+        key: str,
+        new: IndexVersion,
+        old_number: int,
+        source: Any,
+        *,
+        mark_failed: bool = True,
     ) -> EncodedDocument | dict[str, Any]:
         """A document's units for the new version: its stored vectors (``source``, the old version's
         engine) or a fresh encoding of its original bytes; a failure's result dict otherwise."""
@@ -202,10 +319,11 @@ class RebuildService:
         except PatchseekError as exc:
             # The document stays searchable in the old version until the swap; after it, it is marked
             # failed so that it does not silently disappear.
-            with self.ctx.db.session() as session:
-                doc = session.get(Document, document_id)
-                if doc is not None:
-                    doc.status, doc.error, doc.error_code = "failed", f"rebuild: {exc}", exc.code
+            if mark_failed:
+                with self.ctx.db.session() as session:
+                    doc = session.get(Document, document_id)
+                    if doc is not None:
+                        doc.status, doc.error, doc.error_code = "failed", f"rebuild: {exc}", exc.code
             return DocumentResult(filename, "failed", document_id, error=str(exc), code=exc.code).to_dict()
 
     def _write(
@@ -285,3 +403,21 @@ class RebuildService:
             if version is not None and version.status != "active":
                 version.status = "retired"
         self.ctx.drop_index(collection_id, number)
+
+
+# Compression fields applied before the index engine (``compress_units``): changing one changes the
+# stored vectors themselves.
+_INGEST_FIELDS = (
+    "prune",
+    "prune_ratio",
+    "prune_k",
+    "prune_min",
+    "merge",
+    "pool_factor",
+    "video_segment_frames",
+)
+
+
+def _ingest_side(compression: dict[str, Any] | None) -> tuple[Any, ...]:
+    config = CompressionConfig.from_dict(compression or {}).to_dict()
+    return tuple(config.get(f) for f in _INGEST_FIELDS)

@@ -75,9 +75,21 @@ class SearchService:
         self._lock = threading.Lock()
 
     # ---------------------------------------------------------------------------- the index
-    def _version(self, collection: Collection) -> IndexVersion:
+    def _version(self, collection: Collection, number: int | None = None) -> IndexVersion:
+        """The collection's active index version, or its version ``number`` when given (how an
+        evaluation queries a shadow version, which is never served otherwise)."""
         with self.ctx.db.session() as session:
-            version = active_version(session, collection)
+            if number is None:
+                version = active_version(session, collection)
+            else:
+                found = session.scalar(
+                    select(IndexVersion).where(
+                        IndexVersion.collection_id == collection.id, IndexVersion.number == number
+                    )
+                )
+                if found is None or found.status == "retired":
+                    raise NotFoundError(f"collection {collection.name!r} has no index version {number}")
+                version = found
             session.expunge(version)
             return version
 
@@ -163,6 +175,7 @@ class SearchService:
         stage1_k: int = STAGE1_K,
         nprobe: int | None = None,
         metadata: dict[str, Any] | None = None,
+        index_version: int | None = None,
     ) -> SearchResult:
         """Top ``top_k`` units for a text ``query`` or an ``image`` query, optionally filtered.
 
@@ -172,7 +185,8 @@ class SearchService:
         units per segment; the codec's scores (or the dense scan's) keep ``candidates``, which (with
         ``rerank`` and kept vectors) are re-scored exactly. Filters (``document_ids``, ``media_types``
         and ``metadata``: every given field of the document's upload metadata equals the given string,
-        number or boolean) apply before any scoring.
+        number or boolean) apply before any scoring. ``index_version`` (a version number; the API never
+        sets it) searches that version instead of the active one, with its own encoder.
         """
         start = time.perf_counter()
         if (query is None or not query.strip()) and image is None:
@@ -195,13 +209,13 @@ class SearchService:
         with self.ctx.db.session() as session:
             collection = get_collection(session, collection_name)
             session.expunge(collection)
-        encoder = self.ctx.encoder(collection.encoder)
+        version = self._version(collection, index_version)
+        encoder = self.ctx.encoder(version.encoder)
         if image is not None:
             unit = read_image(image, max_pixels=self.ctx.settings.max_decode_pixels)
             q = encoder.encode_image_queries([unit.image])[0]
         else:
             q = encoder.encode_queries([query or ""])[0]
-        version = self._version(collection)
         snapshot = self.ctx.version_index(version).snapshot()
         visible = self._visible_docs(collection, with_meta=bool(metadata))
         allowed = None

@@ -199,4 +199,49 @@ $("search").addEventListener("submit", async (ev) => {
   }
 });
 
+// The chosen collection's latest evaluation: its table (one row per configuration) and picture.
+const EVAL_COLUMNS = ["config", "ndcg@10", "mrr@10", "recall@10", "recall@100", "map", "exact_recall@10",
+  "p50_ms", "p95_ms", "bytes_per_page", "ram_bytes_per_page"];
+
+function cell(tag, text) {
+  const el = document.createElement(tag);
+  el.textContent = text;
+  return el;
+}
+
+async function loadEvaluation() {
+  const path = collectionPath($("evalstatus"));
+  if (!path) return;
+  $("evaltable").replaceChildren();
+  $("evalplot").removeAttribute("src");
+  try {
+    const list = await api(`${path}/evaluations`);
+    if (!list.length) {
+      show($("evalstatus"), "No evaluation of this collection yet.");
+      return;
+    }
+    const ev = list[0];
+    const when = ev.finished_at || ev.created_at;
+    show($("evalstatus"), `evaluation ${ev.id}: ${ev.status}${ev.error ? " — " + ev.error : ""}, `
+      + `${ev.queries ?? "?"} queries, ${when}`, ev.status === "failed");
+    if (ev.status !== "succeeded") return;
+    const head = document.createElement("tr");
+    head.append(...EVAL_COLUMNS.map((c) => cell("th", c)));
+    const rows = ev.rows.map((r) => {
+      const tr = document.createElement("tr");
+      tr.append(...EVAL_COLUMNS.map((c) => cell("td",
+        typeof r[c] === "number" ? (Number.isInteger(r[c]) ? String(r[c]) : r[c].toFixed(3)) : String(r[c]))));
+      if (r.config === ev.best) tr.className = "best";
+      return tr;
+    });
+    $("evaltable").replaceChildren(head, ...rows);
+    const u = await imageURL(`/v1/evaluations/${Number(ev.id)}/plot`);
+    if (u) $("evalplot").src = u;
+  } catch (e) {
+    show($("evalstatus"), e.message, true);
+  }
+}
+
+$("evalload").addEventListener("click", loadEvaluation);
+
 loadCollections();
