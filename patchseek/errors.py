@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+class JobInterrupted(Exception):  # noqa: N818 (a signal, not an error of the job)
+    """The process is shutting down: the running job stops between documents and is re-queued, so the
+    next worker resumes it (not a failure of the job)."""
+
+
 class PatchseekError(Exception):
     """Base class; ``code`` is stable and machine-readable, the message says what to do next."""
 

@@ -84,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            ctx.stopping.set()  # a running job stops after its current document and is re-queued
             if app.state.worker is not None:
                 app.state.worker.stop()
                 app.state.worker.join(timeout=30)

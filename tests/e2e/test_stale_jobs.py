@@ -17,10 +17,10 @@ from tests.api.subprocess_server import server_process, start_server
 N_DOCS, N_PAGES = 5, 30
 
 
-def _pdf(doc: int) -> bytes:
+def _pdf(doc: int, pages: int = N_PAGES) -> bytes:
     buf = io.BytesIO()
     pdf = canvas.Canvas(buf, invariant=1)
-    for page in range(N_PAGES):
+    for page in range(pages):
         for line in range(30):
             pdf.drawString(50, 780 - 22 * line, f"doc{doc} page{page} line{line} quarterly glacier report")
         pdf.showPage()
@@ -81,3 +81,48 @@ def test_killed_server_job_resumes_within_30_s_without_duplicates(tmp_path: Path
         conn.close()
     assert len(pages) == N_DOCS and all(n == distinct == N_PAGES for _, n, distinct in pages)
     assert attempts == 2  # claimed by the killed server, then once more after the restart
+
+
+def test_sigterm_mid_job_requeues_it_and_a_restart_finishes_it(tmp_path: Path) -> None:
+    """A graceful shutdown (SIGTERM) stops the running ingest between documents: what was encoded is
+    published, the job goes back to the queue without using an attempt, and the next server finishes
+    the rest, every document exactly once."""
+    data, n_docs = tmp_path / "data", 12
+    env = {"PATCHSEEK_PDF_DPI": "72"}
+    proc, client = start_server(data, **env)
+    try:
+        assert client.post("/v1/collections", json={"name": "c"}).status_code == 201
+        files = [("files", (f"doc-{i}.pdf", _pdf(i, 8))) for i in range(n_docs)]
+        job_id = client.post("/v1/collections/c/documents", files=files).json()["id"]
+        deadline = time.monotonic() + 120
+        while (job := client.get(f"/v1/jobs/{job_id}").json())["progress"] < 1:
+            assert job["status"] in ("queued", "running") and time.monotonic() < deadline, job
+            time.sleep(0.02)
+        proc.terminate()
+        assert proc.wait(60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after its shutdown
+    finally:
+        client.close()
+    db = sqlite3.connect(data / "patchseek.db")
+    try:
+        status, attempts, worker = db.execute(
+            "select status, attempts, worker from jobs where id = ?", (job_id,)
+        ).fetchone()
+        docs = dict(db.execute("select status, count(*) from documents group by status").fetchall())
+    finally:
+        db.close()
+    assert (status, attempts, worker) == ("queued", 0, None), "the job was not handed back to the queue"
+    assert docs.get("pending", 0) >= 1 and docs.get("ready", 0) >= 1, docs
+
+    with server_process(data, **env) as (_, client):
+        deadline = time.monotonic() + 300
+        while (job := client.get(f"/v1/jobs/{job_id}").json())["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.1)
+        assert job["status"] == "succeeded", job
+        names = sorted(d["filename"] for d in client.get("/v1/collections/c/documents").json())
+        assert names == sorted(f"doc-{i}.pdf" for i in range(n_docs))
+        for i in range(n_docs):
+            hits = client.post(
+                "/v1/collections/c/search", json={"query": f"doc{i} page7 line3", "top_k": 1}
+            ).json()["hits"]
+            assert hits[0]["document"] == f"doc-{i}.pdf" and hits[0]["page"] == 8

@@ -31,6 +31,8 @@ class ServiceContext:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     # PATCHSEEK_MAX_HEAVY_REQUESTS slots for rendering, decoding and encoding (see ``heavy_slot``)
     _heavy: threading.BoundedSemaphore = field(init=False)
+    # Set when the process shuts down: jobs stop between documents (``JobInterrupted``) and are re-queued.
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         self._heavy = threading.BoundedSemaphore(self.settings.max_heavy_requests)

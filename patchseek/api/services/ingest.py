@@ -26,6 +26,7 @@ from patchseek.api.services.context import ServiceContext
 from patchseek.errors import (
     ConflictError,
     InvalidInputError,
+    JobInterrupted,
     NotFoundError,
     PatchseekError,
     PayloadTooLargeError,
@@ -204,10 +205,13 @@ class IngestService:
             counter = _UnitCounter(self, job_id, job.units_done, job.progress, job.total, progress)
         beat = counter.unit
         pending: list[_Encoded] = []
+        pending_rows = 0
         queue = list(document_ids)
         retries = 0
-        cancelled = False
+        cancelled = interrupted = False
         while queue or pending:
+            if queue and self.ctx.stopping.is_set():
+                interrupted, queue = True, []  # publish what is encoded; the rest stays pending
             if queue:
                 document_id = queue.pop(0)
                 with self.ctx.db.session() as session:
@@ -225,12 +229,13 @@ class IngestService:
                     self._record(job_id, [item])
                     continue
                 pending.append(item)
-                if sum(p.encoded.n_rows for p in pending) < self.ctx.settings.segment_rows and queue:
+                pending_rows += item.encoded.n_rows  # a running count: summing per document is quadratic
+                if pending_rows < self.ctx.settings.segment_rows and queue:
                     continue
             if not pending:
                 continue
             results, again = self._publish(pending)
-            pending = []
+            pending, pending_rows = [], 0
             self._record(job_id, results)
             if again:  # a rebuild swapped versions meanwhile: encode those again for the new one
                 retries += 1
@@ -241,6 +246,8 @@ class IngestService:
                     )
                 else:
                     queue = again + queue
+        if interrupted and not cancelled:
+            raise JobInterrupted("the process is shutting down")
         with self.ctx.db.session() as session:
             job = session.get(Job, job_id)
             if job is None:

@@ -36,7 +36,7 @@ from patchseek.api.services.evaluation import EvaluationService
 from patchseek.api.services.ingest import IngestService
 from patchseek.api.services.rebuild import RebuildService
 from patchseek.api.services.search import SearchService
-from patchseek.errors import ConflictError, NotFoundError
+from patchseek.errors import ConflictError, JobInterrupted, NotFoundError
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
@@ -210,6 +210,14 @@ class JobService:
                     EvaluationService(self.ctx).run_job(job_id)
                 else:
                     self.ingest.run_job(job_id)
+        except JobInterrupted:
+            # A shutdown, not a failure: back to the queue without using up an attempt.
+            log.info("job %s interrupted by shutdown; re-queued", job_id)
+            with self.ctx.db.session() as session:
+                job = session.get(Job, job_id)
+                if job is not None and job.status == "running":
+                    job.status, job.worker, job.attempts = "queued", None, max(job.attempts - 1, 0)
+            return
         except Exception as exc:
             log.exception("job %s crashed", job_id)
             with self.ctx.db.session() as session:
@@ -336,7 +344,7 @@ class JobService:
         ran."""
         self.sweep()
         n = 0
-        while (job_id := self.claim()) is not None:
+        while not self.ctx.stopping.is_set() and (job_id := self.claim()) is not None:
             self.run(job_id)
             n += 1
         return n

@@ -18,7 +18,7 @@ from patchseek.api.db.models import Collection, Document, IndexVersion, Job, Uni
 from patchseek.api.services.collections import active_version, get_collection
 from patchseek.api.services.context import ServiceContext
 from patchseek.api.services.ingest import DocumentResult, IngestService, add_units
-from patchseek.errors import ConflictError, NotFoundError, PatchseekError
+from patchseek.errors import ConflictError, JobInterrupted, NotFoundError, PatchseekError
 from patchseek.indexer.compress import CompressionConfig
 from patchseek.indexer.pipeline import EncodedDocument, write_documents
 from patchseek.types import PatchBag
@@ -109,6 +109,8 @@ class RebuildService:
                 if job.status == "cancelled":
                     raise ConflictError("the rebuild was cancelled")
                 job.total, job.progress, job.heartbeat_at = total, done, utcnow()
+            if self.ctx.stopping.is_set():
+                raise JobInterrupted("the process is shutting down")
 
         try:
             while True:
@@ -120,6 +122,8 @@ class RebuildService:
         except Exception as exc:
             # The old version stays active; the half-built one is dropped.
             self._drop_version(collection_id, new.id, new.number)
+            if isinstance(exc, JobInterrupted):
+                raise  # re-queued by the job service; the next worker starts the rebuild again
             with self.ctx.db.session() as session:
                 job = session.get(Job, job_id)
                 assert job is not None
@@ -273,6 +277,7 @@ class RebuildService:
         while missing := [m for m in self._missing(new.collection_id, new.id) if m[0] not in skipped]:
             check(len(results), len(results) + len(missing))
             batch: list[tuple[int, str, EncodedDocument]] = []
+            rows = 0  # patch rows in ``batch`` (a running count: summing per document is quadratic)
             for n, (document_id, filename, key) in enumerate(missing):
                 item = self._encode(
                     document_id, filename, key, new, old_number, source, mark_failed=not shadow
@@ -282,10 +287,10 @@ class RebuildService:
                     skipped.add(document_id)
                 else:
                     batch.append((document_id, filename, item))
-                rows = sum(e.n_rows for _, _, e in batch)
+                    rows += item.n_rows
                 if batch and (rows >= self.ctx.settings.segment_rows or n == len(missing) - 1):
                     results.extend(self._write(engine, new, batch))
-                    batch = []
+                    batch, rows = [], 0
                 check(len(results), len(results) + len(missing) - n - 1)
 
     def _missing(self, collection_id: int, version_id: int) -> list[tuple[int, str, str]]:
