@@ -18,10 +18,10 @@ import os
 import re
 import secrets
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from patchseek._files import remove_older_than
 from patchseek.errors import InvalidInputError, NotFoundError
 
 _KEY = re.compile(r"^[0-9a-f]{64}$")
@@ -118,19 +118,15 @@ class BlobStore:
     def remove_stale_temp(self, older_than_s: float) -> int:
         """Delete temp files of writes (and sweeps) that a killed process left, older than
         ``older_than_s``; returns how many."""
-        now, n = time.time(), 0
         if not self.root.is_dir():
             return 0
-        for folder in self.root.iterdir():
-            if not (_FOLDER.match(folder.name) and folder.is_dir()):
-                continue
-            for p in folder.iterdir():
-                if not p.name.startswith((".tmp-", _DOOMED_PREFIX)):
-                    continue
-                try:
-                    if now - p.stat().st_mtime >= older_than_s:
-                        p.unlink()
-                        n += 1
-                except FileNotFoundError:
-                    continue
-        return n
+        return remove_older_than(
+            (
+                p
+                for folder in self.root.iterdir()
+                if _FOLDER.match(folder.name) and folder.is_dir()
+                for p in folder.iterdir()
+                if p.name.startswith((".tmp-", _DOOMED_PREFIX))
+            ),
+            older_than_s,
+        )

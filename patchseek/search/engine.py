@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from patchseek._files import remove_older_than
 from patchseek.errors import InvalidInputError
 from patchseek.indexer.compress import CompressionConfig, Compressor, KMeansQuantizer
 from patchseek.kernels import maxsim
@@ -969,17 +970,12 @@ class IndexEngine:
         files and unused state folders. Returns files removed."""
         with index_lock(self.root):
             m = read_manifest(self.root)
-            now, n = time.time(), 0
-            for name in list_segment_names(self.root):
-                p = segment_path(self.root, name)
-                if name not in m.segments:
-                    try:
-                        if now - p.stat().st_mtime >= grace_s:
-                            p.unlink()
-                            n += 1
-                    except FileNotFoundError:
-                        continue
+            unlisted = (
+                segment_path(self.root, s) for s in list_segment_names(self.root) if s not in m.segments
+            )
+            n = remove_older_than(unlisted, grace_s)
             n += remove_stale_temp(self.root, grace_s)
+            now = time.time()
             for p in self.root.glob("state-*"):
                 if p.name != m.state and now - p.stat().st_mtime >= grace_s:
                     shutil.rmtree(p, ignore_errors=True)

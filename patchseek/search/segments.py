@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from patchseek._files import remove_older_than
 from patchseek.errors import InvalidInputError
 
 MAGIC = b"PSEG0002"
@@ -166,13 +167,4 @@ def remove_stale_temp(root: str | Path, older_than_s: float = 0.0) -> int:
     folder = Path(root)
     if not folder.is_dir():
         return 0
-    now, n = time.time(), 0
-    for p in folder.iterdir():
-        if p.name.startswith(TMP_PREFIX):
-            try:
-                if now - p.stat().st_mtime >= older_than_s:
-                    p.unlink()
-                    n += 1
-            except FileNotFoundError:
-                continue
-    return n
+    return remove_older_than((p for p in folder.iterdir() if p.name.startswith(TMP_PREFIX)), older_than_s)
