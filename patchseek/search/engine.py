@@ -56,7 +56,14 @@ from patchseek.search.candidates import (
     pool_by_centroid,
 )
 from patchseek.search.dense import DEFAULT_ROWS, DENSE_MAX_UNITS, DenseCandidateGenerator, summarize_units
-from patchseek.search.manifest import Manifest, index_lock, manifest_stamp, read_manifest, write_manifest
+from patchseek.search.manifest import (
+    Manifest,
+    fit_lock,
+    index_lock,
+    manifest_stamp,
+    read_manifest,
+    write_manifest,
+)
 from patchseek.search.segments import (
     SegmentFile,
     fsync_dir,
@@ -168,6 +175,19 @@ class FittedState:
         compressor = Compressor.load(folder / "codec") if (folder / "codec").is_dir() else None
         coarse = np.load(folder / "coarse.npy") if (folder / "coarse.npy").exists() else None
         return cls(name, compressor, coarse)
+
+
+@dataclass(frozen=True)
+class _NewState:
+    """A state just fitted (``IndexEngine._fit_state``) and the sample sizes it saw."""
+
+    state: FittedState
+    sample_rows: int
+    coarse_rows: int
+
+    @property
+    def name(self) -> str:
+        return self.state.name
 
 
 def fit_rule(config: CompressionConfig, n_vectors: int, n_units: int) -> tuple[bool, str, int]:
@@ -779,32 +799,42 @@ class IndexEngine:
                 tombstones={k: tuple(sorted(v)) for k, v in tomb.items() if v},
             )
             write_manifest(self.root, m)
-            if (self.auto_fit if fit is None else fit) and m.state is None:
-                self.fit()
-                m = read_manifest(self.root)
-            return m
+        if (self.auto_fit if fit is None else fit) and m.state is None and self.fit():
+            m = read_manifest(self.root)  # the fit runs after the lock is released: writers go on
+        return m
 
     def delete_documents(self, doc_ids: Iterable[int]) -> Manifest:
         """Tombstone documents: they leave the next snapshot; a merge reclaims their rows."""
         return self.publish((), doc_ids)
 
-    def _rederive(self, seg: SegmentFile, state: FittedState | None) -> str:
-        """Rewrite a segment under ``state``; returns the new segment's name (the old file is removed)."""
+    def _rederive(self, seg: SegmentFile, state: FittedState | None, *, keep_old: bool = False) -> str:
+        """Rewrite a segment under ``state``; returns the new segment's name (the old file is removed
+        unless ``keep_old``: the caller removes it once a manifest no longer lists it)."""
         batch = _batch_of(seg, np.ones(seg.parts["doc_ids"].shape[0], dtype=bool))
         parts, meta = derive_parts(batch, self.config, state, self.dense_rows)
         name = new_segment_name()
         write_segment(self.root, name, parts, {**meta, "n_units": batch.n_units})
-        seg.path.unlink(missing_ok=True)
+        if not keep_old:
+            seg.path.unlink(missing_ok=True)
         return name
 
     # ------------------------------------------------------------------------------ lifecycle
     def fit(self, *, force: bool = False) -> bool:
         """Fit the codec / coarse centroids on a sample of every live vector and rewrite every segment
         with them, in one manifest swap. Without ``force`` only when ``fit_rule`` holds and no state
-        exists. Returns whether a fit happened."""
-        with index_lock(self.root):
-            m = read_manifest(self.root)
+        exists. Returns whether a fit happened.
+
+        Sampling, training (tens of seconds for K = 4096 coarse centroids) and the rewrite run outside
+        the writer lock, like a merge, so ingest jobs publish meanwhile: the swap, under the lock,
+        re-derives the segments published (or merged) since the fit's snapshot and carries over the
+        tombstones added meanwhile. One fit per index runs at a time (``fit_lock``); a second caller
+        returns False at once.
+        """
+        with fit_lock(self.root) as mine:
+            if not mine:
+                return False
             snap = self.snapshot()
+            m = snap.manifest
             n_vectors, n_units = snap.n_rows, snap.n_units
             ok, rule, k_coarse = fit_rule(self.config, n_vectors, n_units)
             if not force and (m.state is not None or not ok):
@@ -816,52 +846,93 @@ class IndexEngine:
             ):
                 raise InvalidInputError("fitting needs the stored float vectors; rebuild from the sources")
             started = time.perf_counter()
-            sample = _sample(snap, FIT_SAMPLE, self.config.seed)
-            coarse_sample = (
-                sample if n_vectors <= FIT_SAMPLE else _sample(snap, COARSE_SAMPLE, self.config.seed)
-            )
-            name = f"state-{uuid.uuid4().hex[:8]}"
-            tmp = self.root / f".tmp-{name}"
-            tmp.mkdir()
-            compressor = None
-            if self.config.quantizer != "none":
-                compressor = Compressor(self.config)
-                compressor.quantizer.fit(sample)
-                compressor.save(tmp / "codec")
-            if k_coarse:
-                coarse = FaissCandidateGenerator.fit_centroids(coarse_sample, k_coarse, seed=self.config.seed)
-                np.save(tmp / "coarse.npy", coarse)
-            for f in tmp.rglob("*"):
-                if f.is_file():
-                    with open(f, "rb+") as fh:
-                        os.fsync(fh.fileno())
-            tmp.rename(self.root / name)
-            fsync_dir(self.root)
-            state = FittedState.load(self.root, name)
+            fitted = self._fit_state(snap, k_coarse)
+            state = fitted.state
             # Rewrite every segment under the new state, one at a time (memory stays one segment's).
-            new_segments = []
+            rewritten: dict[str, str] = {}
             for r, d in zip(snap.readers, snap.deleted, strict=True):
                 parts, meta = derive_parts(_batch_of(r.file, ~d), self.config, state, self.dense_rows)
                 seg = new_segment_name()
                 write_segment(self.root, seg, parts, {**meta, "n_units": int((~d).sum())})
-                new_segments.append(seg)
+                rewritten[r.name] = seg
             fit = {
                 "vectors": n_vectors,
                 "units": n_units,
-                "sample": int(sample.shape[0]),
-                "coarse_sample": int(coarse_sample.shape[0]) if k_coarse else 0,
+                "sample": fitted.sample_rows,
+                "coarse_sample": fitted.coarse_rows,
                 "rule": rule,
                 "coarse_k": int(k_coarse),
                 "seconds": round(time.perf_counter() - started, 3),
             }
-            old = m.segments
-            write_manifest(
-                self.root, m.bump(segments=tuple(new_segments), tombstones={}, state=name, fit=fit)
-            )
-            for s in old:
-                segment_path(self.root, s).unlink(missing_ok=True)
-            log.info("fitted %s on %d of %d vectors (%s)", name, sample.shape[0], n_vectors, rule)
+            with index_lock(self.root):
+                swapped = self._swap_state(
+                    snap.manifest, read_manifest(self.root), state.name, rewritten, fit
+                )
+            if not swapped:  # another process fitted meanwhile: ours is dropped
+                for seg in rewritten.values():
+                    segment_path(self.root, seg).unlink(missing_ok=True)
+                shutil.rmtree(self.root / state.name, ignore_errors=True)
+                return False
+            log.info("fitted %s on %d of %d vectors (%s)", state.name, fitted.sample_rows, n_vectors, rule)
             return True
+
+    def _fit_state(self, snap: Snapshot, k_coarse: int) -> _NewState:
+        """Train the codec and/or coarse centroids on samples of ``snap`` and save them as a state folder
+        (written to a temp name, fsynced, renamed: a crash leaves no half state)."""
+        n_vectors = snap.n_rows
+        sample = _sample(snap, FIT_SAMPLE, self.config.seed)
+        coarse_sample = sample if n_vectors <= FIT_SAMPLE else _sample(snap, COARSE_SAMPLE, self.config.seed)
+        name = f"state-{uuid.uuid4().hex[:8]}"
+        tmp = self.root / f".tmp-{name}"
+        tmp.mkdir()
+        if self.config.quantizer != "none":
+            compressor = Compressor(self.config)
+            compressor.quantizer.fit(sample)
+            compressor.save(tmp / "codec")
+        if k_coarse:
+            coarse = FaissCandidateGenerator.fit_centroids(coarse_sample, k_coarse, seed=self.config.seed)
+            np.save(tmp / "coarse.npy", coarse)
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb+") as fh:
+                    os.fsync(fh.fileno())
+        tmp.rename(self.root / name)
+        fsync_dir(self.root)
+        state = FittedState.load(self.root, name)
+        return _NewState(state, int(sample.shape[0]), int(coarse_sample.shape[0]) if k_coarse else 0)
+
+    def _swap_state(
+        self, seen: Manifest, now: Manifest, state_name: str, rewritten: dict[str, str], fit: dict[str, Any]
+    ) -> bool:
+        """Publish a fitted state (under the writer lock): ``rewritten`` maps the segments of manifest
+        ``seen`` to their copies under the state; segments published or merged since ``seen`` are
+        re-derived here, tombstones added since apply to the copies. False (nothing changed) when
+        another fit published a state meanwhile."""
+        if now.state != seen.state:
+            return False
+        state = self._state(state_name)
+        segments: list[str] = []
+        tombstones: dict[str, tuple[int, ...]] = {}
+        replaced: list[str] = []
+        for name in now.segments:
+            if name in rewritten:  # rows deleted in ``seen`` were left out of the copy
+                later = set(now.tombstones.get(name, ())) - set(seen.tombstones.get(name, ()))
+                new = rewritten.pop(name)
+            else:  # published or merged during the fit: derive it now, tombstones and all
+                later = set(now.tombstones.get(name, ()))
+                new = self._rederive(SegmentFile.open(segment_path(self.root, name)), state, keep_old=True)
+            segments.append(new)
+            replaced.append(name)
+            if later:
+                tombstones[new] = tuple(sorted(later))
+        for seg in rewritten.values():  # merged away during the fit: its rows live in a merged segment
+            segment_path(self.root, seg).unlink(missing_ok=True)
+        write_manifest(
+            self.root, now.bump(segments=tuple(segments), tombstones=tombstones, state=state_name, fit=fit)
+        )
+        for name in replaced:
+            segment_path(self.root, name).unlink(missing_ok=True)
+        return True
 
     def needs_refit(self) -> bool:
         """True when the collection holds ``REFIT_GROWTH``× the vectors its fit saw (refit by a rebuild)."""

@@ -24,6 +24,7 @@ from patchseek.search.segments import fsync_dir
 
 MANIFEST = "manifest.json"
 LOCK = "LOCK"
+FIT_LOCK = "FIT.LOCK"  # held by the one fit running (``fit_lock``)
 
 
 @dataclass(frozen=True)
@@ -145,3 +146,37 @@ def index_lock(root: str | Path) -> Iterator[None]:
 
 
 _held = threading.local()
+_fitting: set[str] = set()
+
+
+@contextmanager
+def fit_lock(root: str | Path) -> Iterator[bool]:
+    """Try to become the one fitter of an index version (across threads and processes): yields True
+    when this caller holds the lock, False at once when another fit is running. Unlike ``index_lock``
+    it never waits: a second fit of the same collection would only repeat the work."""
+    folder = Path(root)
+    folder.mkdir(parents=True, exist_ok=True)
+    key = str(folder.resolve())
+    with _thread_locks_guard:
+        if key in _fitting:
+            mine = False
+        else:
+            _fitting.add(key)
+            mine = True
+    if not mine:
+        yield False
+        return
+    try:
+        with open(folder / FIT_LOCK, "a+") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    finally:
+        with _thread_locks_guard:
+            _fitting.discard(key)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -197,6 +198,62 @@ class TestLifecycle:
         assert not engine.needs_refit()
         _fill(engine, docs, n + 4, 8 * n, rng)
         assert engine.needs_refit()
+
+    def test_a_fit_runs_outside_the_writer_lock(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """While the first fit trains (held here until the other writer is done), another engine on the
+        same folder publishes, deletes and merges without waiting; the fit's swap then re-derives what
+        was published or merged meanwhile and keeps the delete. A second fit returns at once."""
+        config = CompressionConfig(quantizer="kmeans", kmeans_k=32, keep="float16")
+        rng = np.random.default_rng(14)
+        docs: dict[int, list[PatchBag]] = {}
+        engine = IndexEngine(tmp_path, DIM, config, auto_fit=False)
+        other = IndexEngine(tmp_path, DIM, config, auto_fit=False, merge_factor=2)
+        _fill_one_segment(engine, docs, 1, 300, rng)  # ~6.7k vectors: k-means K=32 needs 1,248
+        _fill_one_segment(engine, docs, 301, 20, rng)
+        trained, released = threading.Event(), threading.Event()
+        original = IndexEngine._fit_state
+
+        def held(self: IndexEngine, snap, k_coarse):  # type: ignore[no-untyped-def]
+            out = original(self, snap, k_coarse)
+            if self is engine:
+                trained.set()
+                assert released.wait(60)
+            return out
+
+        monkeypatch.setattr(IndexEngine, "_fit_state", held)
+        result: list[bool] = []
+        fitter = threading.Thread(target=lambda: result.append(engine.fit()))
+        fitter.start()
+        assert trained.wait(60)
+        assert other.fit() is False  # one fit at a time; the second caller does not wait
+
+        def write_meanwhile() -> None:
+            _fill_one_segment(other, docs, 401, 20, rng)
+            _fill_one_segment(other, docs, 421, 20, rng)
+            other.delete_documents([5, 405])
+            other.maybe_merge()  # the two new segments of ~60 units merge (factor 2)
+
+        writer = threading.Thread(target=write_meanwhile)
+        writer.start()
+        writer.join(60)
+        blocked = writer.is_alive()
+        released.set()
+        fitter.join(60)
+        writer.join(60)
+        assert not blocked, "a writer waited for the fit"
+        assert result == [True]
+        del docs[5], docs[405]
+        m = read_manifest(tmp_path)
+        snap = engine.snapshot()
+        assert m.state is not None and m.fit["units"] == 320 * 3
+        assert all(r.state == m.state and r.codes is not None for r in snap.readers)
+        assert set(snap.doc_ids().tolist()) == set(docs)
+        assert set(list_segment_names(tmp_path)) == set(m.segments)  # no copy left behind
+        q = torch.from_numpy(rng.standard_normal((4, DIM)).astype(np.float32))
+        got = snap.search(q, top_k_hits=5, candidates=len(docs) * 3).hits
+        assert [(h.doc_id, h.ordinal) for h in got] == _exact_top(docs, q, 5)
 
     @pytest.mark.parametrize("keep", ["int8", "none"])
     def test_keep_decides_the_rerank_column(self, tmp_path: Path, keep: str) -> None:

@@ -33,6 +33,7 @@ from patchseek.errors import (
 )
 from patchseek.indexer.compress import CompressionConfig
 from patchseek.indexer.pipeline import EncodedDocument, encode_document, write_documents
+from patchseek.search.engine import IndexEngine
 from patchseek.types import PatchBag
 
 log = logging.getLogger(__name__)
@@ -326,7 +327,8 @@ class IngestService:
         segment = write_documents(engine, [(i.document_id, i.encoded) for i in items])
         # Published before the commit: until it, the documents are pending and no search shows them;
         # a crash in between leaves rows that the re-run replaces (publish is an upsert per document).
-        engine.publish([segment])
+        # The first fit of the collection's state waits until the documents are visible (below).
+        engine.publish([segment], fit=False)
         results: list[DocumentResult] = []
         again: list[int] = []
         dropped: list[int] = []
@@ -397,6 +399,8 @@ class IngestService:
                 collection.generation += 1
         if dropped or again:
             engine.delete_documents(dropped + again)
+        if engine.auto_fit:
+            _fit_if_due(engine)
         return results, again
 
     def encode_source(
@@ -505,6 +509,15 @@ class _UnitCounter:
                     self.documents_total,
                 )
             )
+
+
+def _fit_if_due(engine: IndexEngine) -> None:
+    """Fit the index's state when ``fit_rule`` now holds (after the documents went visible: they are
+    scored exactly meanwhile). A failed fit loses nothing: it is logged and the next publish tries again."""
+    try:
+        engine.fit()
+    except Exception:
+        log.exception("fitting the index state of %s failed; it stays unfitted (exact scoring)", engine.root)
 
 
 def validate_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
