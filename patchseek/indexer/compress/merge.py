@@ -17,8 +17,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from scipy.cluster.hierarchy import linkage
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import squareform
 from sklearn.cluster import kmeans_plusplus
 
@@ -78,7 +76,7 @@ def ward_labels(x: np.ndarray, k: int) -> np.ndarray:
 
     The Euclidean distances come from one matrix product (``|a|² + |b|² - 2a·b``, a third of the time of
     ``pdist`` at 128-d), scipy builds the Ward tree (nearest-neighbour chain, O(n²)), and the flat
-    clusters are the connected components of its first ``n - k`` merges: the tree cut at ``k`` clusters.
+    clusters are the trees of its first ``n - k`` merges: the tree cut at ``k`` clusters.
     Call it under ``threadpool_limits(1)`` (see ``summarize_units``) when it runs on many small units:
     a multi-threaded BLAS spends longer waking its threads than multiplying a few hundred rows.
     """
@@ -93,13 +91,18 @@ def ward_labels(x: np.ndarray, k: int) -> np.ndarray:
     condensed = np.sqrt(squareform(d2, checks=False).astype(np.float64))  # (n(n-1)/2,)
     tree = linkage(condensed, method="ward")  # (n - 1, 4), merges by increasing distance
     merges = n - k
-    children = tree[:merges, :2].astype(np.int64).ravel()  # (2 merges,) nodes joined by merge i ...
-    parents = np.repeat(np.arange(n, n + merges, dtype=np.int64), 2)  # ... into node n + i
-    graph = coo_matrix(
-        (np.ones(2 * merges, dtype=np.int8), (children, parents)), shape=(n + merges, n + merges)
+    # The first ``merges`` merges form a forest: node n + i is the parent of the two nodes merge i
+    # joins. A row's cluster is its root, found by pointer doubling (⌈log2 depth⌉ gathers).
+    parent = np.arange(n + merges, dtype=np.int64)  # (n + merges,) roots point at themselves
+    parent[tree[:merges, :2].astype(np.int64).ravel()] = np.repeat(
+        np.arange(n, n + merges, dtype=np.int64), 2
     )
-    _, components = connected_components(graph, directed=False)  # (n + merges,)
-    return _relabel_by_first_member(components[:n])
+    while True:
+        up = parent[parent]
+        if np.array_equal(up, parent):
+            break
+        parent = up
+    return _relabel_by_first_member(parent[:n])
 
 
 def merge_video_segment(
