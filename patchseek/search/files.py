@@ -182,7 +182,9 @@ class IndexFiles:
             with index_lock(self.folder):
                 yield
             return
-        key = self.url
+        # One thread lock per client (this object; the engine registry holds one per version per
+        # process): two clients, in one process or on two nodes, are ordered by the lease alone.
+        key = f"{self.url}#{self._owner}"
         with _guard:
             thread_lock = _thread_locks.setdefault(key, threading.RLock())
         with thread_lock:
