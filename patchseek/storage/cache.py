@@ -22,7 +22,10 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from patchseek._files import remove_older_than
 from patchseek.storage.base import TMP_PREFIX, LocalFile, check_name
+
+STALE_TEMP_SECONDS = 24 * 3600
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,8 @@ class ReadCache:
         self._pins: dict[str, int] = {}
         self._lock = threading.Lock()
         self.root.mkdir(parents=True, exist_ok=True)
+        # Downloads and uploads a killed process left half done (a live one's are minutes old at most).
+        remove_older_than(self.root.rglob(f"{TMP_PREFIX}*"), STALE_TEMP_SECONDS)
 
     def path(self, name: str) -> Path:
         return self.root / check_name(name)
