@@ -16,9 +16,11 @@ commit point is the highest generation listed. The store arbitrates: of two writ
 generation N and try to publish N + 1, exactly one succeeds, the other gets ``ConflictError`` and
 nothing of its write is published, so no update is ever lost. That create-only put is the safety
 guarantee. For liveness (writers should queue rather than fail), writers also take a lease: the object
-``LOCK``, created with the same create-only put and holding its expiry; a holder that died frees it after
-``lock_seconds`` (``PATCHSEEK_STORAGE_LOCK_SECONDS``, wall clocks of the nodes assumed in sync to well
-within it). A writer that outlives its lease cannot corrupt anything: its manifest put then conflicts.
+``LOCK``, created with the same create-only put and holding its expiry, renewed every third of
+``lock_seconds`` while held; a holder that died frees it at most ``lock_seconds`` later
+(``PATCHSEEK_STORAGE_LOCK_SECONDS``, wall clocks of the nodes assumed in sync to well within it); a
+waiter waits as long as the holder renews, as a local writer waits on ``flock``. A writer stalled past
+its lease (a paused VM) cannot corrupt anything: its manifest put then conflicts.
 The database stays the source of truth for *which* version is published (``IndexVersion``); this is
 the commit point *within* a version, as ``manifest.json`` is locally. The last ``KEEP_MANIFESTS``
 generations are kept, so a reader that listed one just before a publish can still read it.
@@ -30,6 +32,7 @@ other nodes publish becomes visible within that, what this process publishes at 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -45,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from patchseek.errors import ConflictError, ServiceBusyError
+from patchseek.errors import ConflictError
 from patchseek.search.manifest import (
     MANIFEST,
     Manifest,
@@ -56,6 +59,8 @@ from patchseek.search.manifest import (
 )
 from patchseek.search.segments import PREFIX, SUFFIX, SegmentFile, remove_stale_temp, write_segment_file
 from patchseek.storage import LocalStorage, ObjectNotFoundError, Storage
+
+log = logging.getLogger(__name__)
 
 KEEP_MANIFESTS = 8
 MANIFESTS = "manifests/"
@@ -195,16 +200,22 @@ class IndexFiles:
                     yield
                     return
                 self._acquire_lease()
+                stop = threading.Event()
+                renewer = threading.Thread(target=self._renew_lease, args=(stop,), daemon=True)
+                renewer.start()
                 try:
                     yield
                 finally:
+                    stop.set()
+                    renewer.join()
                     self._release_lease()
             finally:
                 setattr(_held, key, depth)
 
     def _acquire_lease(self) -> None:
+        """Wait for the lease as a local writer waits on ``flock``: as long as a live holder keeps
+        renewing it; a dead holder's lease is taken over once it has expired."""
         name = self.prefix + LOCK
-        deadline = time.monotonic() + self.lock_seconds * 1.5
         wait = 0.02
         while True:
             body = json.dumps({"owner": self._owner, "expires": time.time() + self.lock_seconds})
@@ -223,13 +234,22 @@ class IndexFiles:
             except (ValueError, TypeError):
                 self.storage.delete(name)  # not a lease we wrote (a torn manual edit): clear it
                 continue
-            if time.monotonic() > deadline:
-                raise ServiceBusyError(
-                    f"index {self.url} stayed locked by {held.get('owner')} for over "
-                    f"{self.lock_seconds * 1.5:.0f} s; retry later"
-                )
             time.sleep(wait)
             wait = min(wait * 2, 0.5)
+
+    def _renew_lease(self, stop: threading.Event) -> None:
+        """While the lock is held, push the lease's expiry out every third of its length, so a long
+        holder (a fit over a large collection) keeps it; a holder that died stops renewing."""
+        name = self.prefix + LOCK
+        while not stop.wait(self.lock_seconds / 3):
+            try:
+                held = json.loads(self.storage.get(name))
+                if held.get("owner") != self._owner:
+                    return  # taken over (we stalled past the lease): the manifest fence decides
+                body = {"owner": self._owner, "expires": time.time() + self.lock_seconds}
+                self.storage.put(name, json.dumps(body).encode())
+            except Exception:  # noqa: BLE001 (a renewal that fails leaves the lease to expire)
+                log.warning("could not renew the writer lease of %s", self.url, exc_info=True)
 
     def _release_lease(self) -> None:
         name = self.prefix + LOCK

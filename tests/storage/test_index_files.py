@@ -132,6 +132,20 @@ class TestObjectStoreCommit:
         assert time.monotonic() - started < 25 and a.snapshot().n_units == 3
         assert not a.files.storage.exists(PREFIX + "LOCK")  # released after the publish
 
+    def test_a_live_holder_renews_its_lease(self, backend: Backend, tmp_path: Path) -> None:
+        """A holder busy for longer than the lease (a long fit) keeps the lock: it renews it."""
+        a = _node(backend, tmp_path, lock_seconds=0.6)
+        b = _node(backend, tmp_path, lock_seconds=0.6)
+        released = threading.Event()
+        acquired_at: list[bool] = []
+        with a.files.lock():
+            t = threading.Thread(target=lambda: _take(b.files, released, acquired_at))
+            t.start()
+            time.sleep(2.0)  # over three lease lengths
+            released.set()
+        t.join()
+        assert acquired_at == [True]  # b got the lock only after a let it go
+
     def test_old_generations_are_pruned(self, backend: Backend, tmp_path: Path) -> None:
         a = _node(backend, tmp_path)
         _publish_docs(a, range(12), np.random.default_rng(4))
@@ -157,3 +171,8 @@ class TestCleanUp:
         assert orphan not in a.files.segment_names()
         assert {n.split("/")[3] for n in a.files.storage.list(PREFIX + "state-")} == {a.snapshot().state.name}  # type: ignore[union-attr]
         assert a.snapshot().n_units == 90
+
+
+def _take(files: IndexFiles, released: threading.Event, out: list[bool]) -> None:
+    with files.lock():
+        out.append(released.is_set())
