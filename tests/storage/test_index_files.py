@@ -176,3 +176,42 @@ class TestCleanUp:
 def _take(files: IndexFiles, released: threading.Event, out: list[bool]) -> None:
     with files.lock():
         out.append(released.is_set())
+
+
+def test_a_data_dir_written_before_opens_unchanged(tmp_path: Path) -> None:
+    """The local backend keeps the 0.2 layout: a version folder and blob folder written by the old
+    entry points (``IndexEngine(root)``, ``BlobStore(folder)``) are what the storage-backed ones read."""
+    from patchseek.indexer.blobs import BlobStore
+    from patchseek.storage import LocalStorage
+
+    data = tmp_path / "data"
+    old = IndexEngine(data / "segments" / "3" / "v1", DIM)
+    _publish_docs(old, range(3), np.random.default_rng(6))
+    key = BlobStore(data / "blobs").put(b"an upload")
+    storage = LocalStorage(data)
+    files = IndexFiles(storage, "segments/3/v1/")
+    new = IndexEngine(data / "segments" / "3" / "v1", DIM, files=files)
+    q = torch.from_numpy(np.random.default_rng(7).standard_normal((3, DIM)).astype(np.float32))
+    assert _top(new, q) == _top(old, q) and new.snapshot().n_units == 9
+    assert BlobStore(storage, "blobs/").get(key) == b"an upload"
+    assert (data / "segments" / "3" / "v1" / "manifest.json").is_file()
+
+
+def test_public_api() -> None:
+    import patchseek.storage as storage
+
+    assert set(storage.__all__) == {
+        "FsspecStorage",
+        "LocalFile",
+        "LocalStorage",
+        "ObjectInfo",
+        "ObjectNotFoundError",
+        "ReadCache",
+        "Storage",
+        "StorageUnavailableError",
+        "check_name",
+        "open_storage",
+        "storage_from_settings",
+    }
+    for name in storage.__all__:
+        assert getattr(storage, name) is not None
