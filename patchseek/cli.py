@@ -52,7 +52,15 @@ def _iter_files(paths: list[Path]) -> Iterator[Path]:
 def init() -> None:
     """Create the data directory and bring the database schema up to date."""
     ctx = _context()
-    console.print(f"data dir: {ctx.settings.data_dir.resolve()}\ndatabase: {ctx.db.engine.url!r}")
+    try:
+        ctx.storage.check()
+    except PatchseekError as exc:
+        ctx.close()
+        _fail(exc)
+    console.print(
+        f"data dir: {ctx.settings.data_dir.resolve()}\ndatabase: {ctx.db.engine.url!r}\n"
+        f"storage: {ctx.storage.url}"
+    )
     ctx.close()
 
 
@@ -323,8 +331,9 @@ def migrate() -> None:
 
 def _blobs(settings: Settings):  # type: ignore[no-untyped-def]
     from patchseek.indexer.blobs import BlobStore
+    from patchseek.storage import storage_from_settings
 
-    return BlobStore(settings.blob_dir)
+    return BlobStore(storage_from_settings(settings), "blobs/")
 
 
 @app.command()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -102,6 +102,59 @@ class Settings(BaseSettings):
         "removed once older than this (workers sweep at start and then this often; `patchseek gc`); it "
         "must exceed the longest upload request, whose blobs are written before its rows commit",
     )
+
+    # where blobs and index files live (``patchseek.storage``)
+    storage_url: str | None = Field(
+        default=None,
+        description="folder or fsspec URL (s3://bucket/prefix, needs patchseek[s3]) holding blobs/ and "
+        "segments/; unset: the data dir. Every node of a cluster points at the same one",
+    )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="extra fsspec options for storage_url (JSON object)"
+    )
+    storage_endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint (MinIO, Ceph, moto), for s3:// storage URLs"
+    )
+    storage_key: str | None = Field(default=None, description="S3 access key id (else the AWS chain)")
+    storage_secret: SecretStr | None = Field(default=None, description="S3 secret access key")
+    storage_region: str | None = Field(default=None, description="S3 region")
+    storage_cache_dir: Path | None = Field(
+        default=None, description="local copies of an object store's segments; unset: <data_dir>/cache"
+    )
+    storage_cache_bytes: int = Field(
+        default=10 << 30, ge=1, description="bound of that cache; copies no open reader uses are evicted"
+    )
+    storage_poll_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="an object store's manifest is looked up at most this often per index (what other "
+        "nodes published shows up within it)",
+    )
+    storage_lock_seconds: float = Field(
+        default=600,
+        gt=0,
+        description="lease of an index writer's lock on an object store (a dead holder's ends after it)",
+    )
+
+    @property
+    def resolved_storage_options(self) -> dict[str, Any]:
+        """``storage_options`` plus the S3 fields, in s3fs's terms."""
+        opts = dict(self.storage_options)
+        if self.storage_key is not None:
+            opts.setdefault("key", self.storage_key)
+        if self.storage_secret is not None:
+            opts.setdefault("secret", self.storage_secret.get_secret_value())
+        if self.storage_endpoint_url is not None:
+            opts.setdefault("endpoint_url", self.storage_endpoint_url)
+        if self.storage_region is not None:
+            client = dict(opts.get("client_kwargs") or {})
+            client.setdefault("region_name", self.storage_region)
+            opts["client_kwargs"] = client
+        return opts
+
+    @property
+    def resolved_storage_cache_dir(self) -> Path:
+        return self.storage_cache_dir or self.data_dir / "cache"
 
     @property
     def resolved_database_url(self) -> str:

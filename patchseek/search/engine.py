@@ -29,12 +29,10 @@ lists). Writers never block readers.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +40,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from patchseek._files import remove_older_than
 from patchseek.errors import InvalidInputError
 from patchseek.indexer.compress import CompressionConfig, Compressor, KMeansQuantizer
 from patchseek.kernels import maxsim
@@ -56,23 +53,9 @@ from patchseek.search.candidates import (
     pool_by_centroid,
 )
 from patchseek.search.dense import DEFAULT_ROWS, DENSE_MAX_UNITS, DenseCandidateGenerator, summarize_units
-from patchseek.search.manifest import (
-    Manifest,
-    fit_lock,
-    index_lock,
-    manifest_stamp,
-    read_manifest,
-    write_manifest,
-)
-from patchseek.search.segments import (
-    SegmentFile,
-    fsync_dir,
-    list_segment_names,
-    new_segment_name,
-    remove_stale_temp,
-    segment_path,
-    write_segment,
-)
+from patchseek.search.files import IndexFiles
+from patchseek.search.manifest import Manifest, fit_lock
+from patchseek.search.segments import SegmentFile, new_segment_name
 from patchseek.types import PatchBag
 
 log = logging.getLogger(__name__)
@@ -684,6 +667,9 @@ class IndexEngine:
         ``fit`` once at the end).
     merge_factor : int
         Tiered merge policy: ``merge_factor`` segments of one size tier (⌊log_f units⌋) merge into one.
+    files : IndexFiles, optional
+        The version's files on a storage backend (e.g. an object store every node of a cluster shares,
+        ``root`` then being a local scratch folder); default: the local folder ``root``.
     """
 
     def __init__(
@@ -696,8 +682,11 @@ class IndexEngine:
         auto_fit: bool = True,
         merge_factor: int = MERGE_FACTOR,
         dense_rows: int = DEFAULT_ROWS,
+        files: IndexFiles | None = None,
     ) -> None:
         self.root = Path(root)
+        # Where the version's files live: ``root`` itself by default, or any storage backend.
+        self.files = files if files is not None else IndexFiles.local(self.root)
         self.dim = int(dim)
         self.config = compression or CompressionConfig()
         self.device = device
@@ -707,7 +696,7 @@ class IndexEngine:
         self._readers: dict[str, SegmentReader] = {}
         self._states: dict[str, FittedState] = {}
         self._snapshot: Snapshot | None = None
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: Hashable | None = None
         self._lock = threading.Lock()
         self.root.mkdir(parents=True, exist_ok=True)
 
@@ -715,11 +704,11 @@ class IndexEngine:
     def snapshot(self) -> Snapshot:
         """The current snapshot; re-read only when the manifest changed (reusing unchanged readers)."""
         for attempt in range(8):
-            stamp = manifest_stamp(self.root)
+            stamp = self.files.manifest_stamp()
             with self._lock:
                 if self._snapshot is not None and stamp == self._stamp:
                     return self._snapshot
-            manifest = read_manifest(self.root)
+            manifest = self.files.read_manifest()
             try:
                 snap = self._open(manifest)
             except FileNotFoundError:
@@ -738,7 +727,7 @@ class IndexEngine:
             with self._lock:
                 reader = self._readers.get(name)
             if reader is None:
-                reader = SegmentReader(SegmentFile.open(segment_path(self.root, name)))
+                reader = SegmentReader(self.files.open_segment(name))
             readers.append(reader)
         return Snapshot(manifest, readers, self._state(manifest.state), self.device)
 
@@ -747,7 +736,8 @@ class IndexEngine:
             return None
         with self._lock:
             if name not in self._states:
-                self._states[name] = FittedState.load(self.root, name)
+                with self.files.state_folder(name) as folder:
+                    self._states[name] = FittedState.load(folder.parent, folder.name)
             return self._states[name]
 
     # -------------------------------------------------------------------------------- writing
@@ -755,10 +745,10 @@ class IndexEngine:
         """Write ``batch`` as a new, unpublished segment derived with the current state; its name."""
         if batch.vectors.shape[1:] != (self.dim,):
             raise InvalidInputError(f"vectors must be (n, {self.dim}), got {batch.vectors.shape}")
-        state = self._state(read_manifest(self.root).state)
+        state = self._state(self.files.read_manifest().state)
         parts, meta = derive_parts(batch, self.config, state, self.dense_rows)
         name = new_segment_name()
-        write_segment(self.root, name, parts, {**meta, "n_units": batch.n_units})
+        self.files.write_segment(name, parts, {**meta, "n_units": batch.n_units})
         return name
 
     def publish(
@@ -772,14 +762,14 @@ class IndexEngine:
         the rule now holds (``fit``).
         """
         deleted = {int(d) for d in deleted_docs}
-        with index_lock(self.root):
-            m = read_manifest(self.root)
+        with self.files.lock():
+            m = self.files.read_manifest()
             names, own_docs = [], {}
             for name in added:  # each added segment is opened once
-                seg = SegmentFile.open(segment_path(self.root, name))
+                seg = self.files.open_segment(name)
                 if seg.meta.get("state") != m.state:
                     name = self._rederive(seg, self._state(m.state))
-                    seg = SegmentFile.open(segment_path(self.root, name))
+                    seg = self.files.open_segment(name)
                 names.append(name)
                 own_docs[name] = set(np.unique(seg.parts["doc_ids"]).tolist())
             new_docs = set().union(*own_docs.values()) if own_docs else set()
@@ -798,9 +788,9 @@ class IndexEngine:
                 segments=(*m.segments, *names),
                 tombstones={k: tuple(sorted(v)) for k, v in tomb.items() if v},
             )
-            write_manifest(self.root, m)
+            self.files.write_manifest(m)
         if (self.auto_fit if fit is None else fit) and m.state is None and self.fit():
-            m = read_manifest(self.root)  # the fit runs after the lock is released: writers go on
+            m = self.files.read_manifest()  # the fit runs after the lock is released: writers go on
         return m
 
     def delete_documents(self, doc_ids: Iterable[int]) -> Manifest:
@@ -813,9 +803,9 @@ class IndexEngine:
         batch = _batch_of(seg, np.ones(seg.parts["doc_ids"].shape[0], dtype=bool))
         parts, meta = derive_parts(batch, self.config, state, self.dense_rows)
         name = new_segment_name()
-        write_segment(self.root, name, parts, {**meta, "n_units": batch.n_units})
+        self.files.write_segment(name, parts, {**meta, "n_units": batch.n_units})
         if not keep_old:
-            seg.path.unlink(missing_ok=True)
+            self.files.delete_segment(seg.name)
         return name
 
     # ------------------------------------------------------------------------------ lifecycle
@@ -853,7 +843,7 @@ class IndexEngine:
             for r, d in zip(snap.readers, snap.deleted, strict=True):
                 parts, meta = derive_parts(_batch_of(r.file, ~d), self.config, state, self.dense_rows)
                 seg = new_segment_name()
-                write_segment(self.root, seg, parts, {**meta, "n_units": int((~d).sum())})
+                self.files.write_segment(seg, parts, {**meta, "n_units": int((~d).sum())})
                 rewritten[r.name] = seg
             fit = {
                 "vectors": n_vectors,
@@ -864,41 +854,35 @@ class IndexEngine:
                 "coarse_k": int(k_coarse),
                 "seconds": round(time.perf_counter() - started, 3),
             }
-            with index_lock(self.root):
+            with self.files.lock():
                 swapped = self._swap_state(
-                    snap.manifest, read_manifest(self.root), state.name, rewritten, fit
+                    snap.manifest, self.files.read_manifest(), state.name, rewritten, fit
                 )
-            if not swapped:  # another process fitted meanwhile: ours is dropped
+            if not swapped:  # another process fitted meanwhile: ours is dropped (gc removes its state)
                 for seg in rewritten.values():
-                    segment_path(self.root, seg).unlink(missing_ok=True)
-                shutil.rmtree(self.root / state.name, ignore_errors=True)
+                    self.files.delete_segment(seg)
                 return False
             log.info("fitted %s on %d of %d vectors (%s)", state.name, fitted.sample_rows, n_vectors, rule)
             return True
 
     def _fit_state(self, snap: Snapshot, k_coarse: int) -> _NewState:
-        """Train the codec and/or coarse centroids on samples of ``snap`` and save them as a state folder
-        (written to a temp name, fsynced, renamed: a crash leaves no half state)."""
+        """Train the codec and/or coarse centroids on samples of ``snap`` and store them as a state
+        folder (built locally, then stored file by file: a crash leaves no half state)."""
         n_vectors = snap.n_rows
         sample = _sample(snap, FIT_SAMPLE, self.config.seed)
         coarse_sample = sample if n_vectors <= FIT_SAMPLE else _sample(snap, COARSE_SAMPLE, self.config.seed)
         name = f"state-{uuid.uuid4().hex[:8]}"
-        tmp = self.root / f".tmp-{name}"
-        tmp.mkdir()
-        if self.config.quantizer != "none":
-            compressor = Compressor(self.config)
-            compressor.quantizer.fit(sample)
-            compressor.save(tmp / "codec")
-        if k_coarse:
-            coarse = FaissCandidateGenerator.fit_centroids(coarse_sample, k_coarse, seed=self.config.seed)
-            np.save(tmp / "coarse.npy", coarse)
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                with open(f, "rb+") as fh:
-                    os.fsync(fh.fileno())
-        tmp.rename(self.root / name)
-        fsync_dir(self.root)
-        state = FittedState.load(self.root, name)
+        with self.files.scratch() as tmp:
+            if self.config.quantizer != "none":
+                compressor = Compressor(self.config)
+                compressor.quantizer.fit(sample)
+                compressor.save(tmp / "codec")
+            if k_coarse:
+                coarse = FaissCandidateGenerator.fit_centroids(coarse_sample, k_coarse, seed=self.config.seed)
+                np.save(tmp / "coarse.npy", coarse)
+            self.files.save_state(name, tmp)
+        state = self._state(name)
+        assert state is not None
         return _NewState(state, int(sample.shape[0]), int(coarse_sample.shape[0]) if k_coarse else 0)
 
     def _swap_state(
@@ -920,23 +904,23 @@ class IndexEngine:
                 new = rewritten.pop(name)
             else:  # published or merged during the fit: derive it now, tombstones and all
                 later = set(now.tombstones.get(name, ()))
-                new = self._rederive(SegmentFile.open(segment_path(self.root, name)), state, keep_old=True)
+                new = self._rederive(self.files.open_segment(name), state, keep_old=True)
             segments.append(new)
             replaced.append(name)
             if later:
                 tombstones[new] = tuple(sorted(later))
         for seg in rewritten.values():  # merged away during the fit: its rows live in a merged segment
-            segment_path(self.root, seg).unlink(missing_ok=True)
-        write_manifest(
-            self.root, now.bump(segments=tuple(segments), tombstones=tombstones, state=state_name, fit=fit)
+            self.files.delete_segment(seg)
+        self.files.write_manifest(
+            now.bump(segments=tuple(segments), tombstones=tombstones, state=state_name, fit=fit)
         )
         for name in replaced:
-            segment_path(self.root, name).unlink(missing_ok=True)
+            self.files.delete_segment(name)
         return True
 
     def needs_refit(self) -> bool:
         """True when the collection holds ``REFIT_GROWTH``× the vectors its fit saw (refit by a rebuild)."""
-        m = read_manifest(self.root)
+        m = self.files.read_manifest()
         if m.state is None:
             return False
         seen = int(m.fit.get("vectors", 0))
@@ -1012,11 +996,11 @@ class IndexEngine:
         parts = _concat_derived(inputs, batch)
         seg = new_segment_name()
         meta = {"state": snap.manifest.state, "dim": self.dim, "keep": inputs[0][0].file.meta.get("keep")}
-        write_segment(self.root, seg, parts, {**meta, "n_units": batch.n_units})
-        with index_lock(self.root):
-            m = read_manifest(self.root)
+        self.files.write_segment(seg, parts, {**meta, "n_units": batch.n_units})
+        with self.files.lock():
+            m = self.files.read_manifest()
             if any(n not in m.segments for n in names) or m.state != snap.manifest.state:
-                segment_path(self.root, seg).unlink(missing_ok=True)
+                self.files.delete_segment(seg)
                 return 0
             # Tombstones added to the inputs since our snapshot now apply to the merged segment.
             merged_docs = set(np.unique(batch.doc_ids).tolist())
@@ -1030,28 +1014,17 @@ class IndexEngine:
             # The merged segment takes the place of its oldest input: segment order stays insertion order.
             first = min(m.segments.index(n) for n in names)
             kept.insert(min(first, len(kept)), seg)
-            write_manifest(self.root, m.bump(segments=tuple(kept), tombstones=tomb))
+            self.files.write_manifest(m.bump(segments=tuple(kept), tombstones=tomb))
         for n in names:
-            segment_path(self.root, n).unlink(missing_ok=True)
+            self.files.delete_segment(n)
         return dropped + 1
 
     # ---------------------------------------------------------------------------- maintenance
     def gc(self, *, grace_s: float = 3600.0) -> int:
         """Remove segment files no manifest lists (crashed writers') older than ``grace_s``, stale temp
         files and unused state folders. Returns files removed."""
-        with index_lock(self.root):
-            m = read_manifest(self.root)
-            unlisted = (
-                segment_path(self.root, s) for s in list_segment_names(self.root) if s not in m.segments
-            )
-            n = remove_older_than(unlisted, grace_s)
-            n += remove_stale_temp(self.root, grace_s)
-            now = time.time()
-            for p in self.root.glob("state-*"):
-                if p.name != m.state and now - p.stat().st_mtime >= grace_s:
-                    shutil.rmtree(p, ignore_errors=True)
-                    n += 1
-            return n
+        with self.files.lock():
+            return self.files.remove_unlisted(self.files.read_manifest(), grace_s)
 
     def stats(self) -> dict[str, Any]:
         return self.snapshot().stats()

@@ -10,7 +10,8 @@ One file and one memory map per segment (not one per part or per document): a pr
 collection holds O(segments) file descriptors and maps, whatever the number of documents.
 
 ``write_segment`` writes a hidden temp file beside the target, fsyncs it, renames it into place and
-fsyncs the folder; a crash leaves at worst a ``.tmp-`` file that no reader opens and
+fsyncs the folder (the engine does the same through ``patchseek.search.files``: a rename on a local
+backend, an upload on an object store); a crash leaves at worst a ``.tmp-`` file that no reader opens and
 ``remove_stale_temp`` deletes. A visible segment is always complete and is never modified: deletes are
 tombstones in the manifest (``patchseek.search.manifest``), compaction writes a new segment.
 """
@@ -31,26 +32,13 @@ import numpy as np
 
 from patchseek._files import remove_older_than
 from patchseek.errors import InvalidInputError
+from patchseek.storage.local import fsync_dir
 
 MAGIC = b"PSEG0002"
 SUFFIX = ".seg"
 PREFIX = "seg-"
 TMP_PREFIX = ".tmp-"
 ALIGN = 64
-
-
-def fsync_dir(path: Path) -> None:
-    """Flush a folder's entries (a rename inside it) to disk; a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def segment_path(root: str | Path, name: str) -> Path:
@@ -63,15 +51,31 @@ def new_segment_name() -> str:
 
 
 def write_segment(root: str | Path, name: str, parts: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
-    """Durably write a segment file holding ``parts`` (name -> array) and ``meta`` (JSON-able).
+    """Durably write a segment file holding ``parts`` (name -> array) and ``meta`` (JSON-able) into the
+    folder ``root``. Returns the visible path. Raises ``InvalidInputError`` if the segment already exists.
 
-    Returns the visible path. Raises ``InvalidInputError`` if the segment already exists.
+    (The index engine writes through ``patchseek.search.files.IndexFiles``, which stages the same bytes
+    with ``write_segment_file`` and publishes them through its storage backend.)
     """
     folder = Path(root)
     folder.mkdir(parents=True, exist_ok=True)
     final = segment_path(folder, name)
     if final.exists():
         raise InvalidInputError(f"segment {final} already exists; segments are immutable")
+    tmp = folder / f"{TMP_PREFIX}{name}-{uuid.uuid4().hex[:8]}{SUFFIX}"
+    try:
+        write_segment_file(tmp, parts, meta)
+        os.rename(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(folder)
+    return final
+
+
+def write_segment_file(path: str | Path, parts: dict[str, np.ndarray], meta: dict[str, Any]) -> int:
+    """Write the segment bytes of ``parts`` and ``meta`` to the (temp) file ``path`` and fsync it; its
+    size. The caller makes it visible (a rename, or an upload)."""
     layout: dict[str, dict[str, Any]] = {}
     arrays = {k: np.ascontiguousarray(v) for k, v in parts.items()}
     # The header's size depends on the offsets, which depend on the header's size: lay the parts out
@@ -85,22 +89,16 @@ def write_segment(root: str | Path, name: str, parts: dict[str, np.ndarray], met
     if len(header) > budget:
         raise AssertionError("segment header budget too small")
     header = header + b" " * (budget - len(header))
-    tmp = folder / f"{TMP_PREFIX}{name}-{uuid.uuid4().hex[:8]}{SUFFIX}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(MAGIC + struct.pack("<Q", budget) + header)
-            for k, a in arrays.items():
-                f.seek(layout[k]["offset"])
-                f.write(a.tobytes(order="C"))
-            f.truncate(max(offset, 16 + budget))
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(folder)
-    return final
+    size = max(offset, 16 + budget)
+    with open(path, "wb") as f:
+        f.write(MAGIC + struct.pack("<Q", budget) + header)
+        for k, a in arrays.items():
+            f.seek(layout[k]["offset"])
+            f.write(a.tobytes(order="C"))
+        f.truncate(size)
+        f.flush()
+        os.fsync(f.fileno())
+    return size
 
 
 def _align(n: int) -> int:

@@ -16,7 +16,9 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 def readyz(ctx: ContextDep) -> dict[str, str]:
-    """The database answers."""
+    """The database and the storage (``PATCHSEEK_STORAGE_URL``) answer; else 503 with what failed
+    (``storage_unavailable`` names the store and the error)."""
     with ctx.db.session() as session:
         session.execute(text("SELECT 1"))
+    ctx.storage.check()
     return {"status": "ready"}

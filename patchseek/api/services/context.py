@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import threading
 from collections.abc import Iterator
@@ -18,15 +19,22 @@ from patchseek.indexer.compress import CompressionConfig
 from patchseek.indexer.encoders import Encoder, load_encoder
 from patchseek.indexer.sources import ReadOptions
 from patchseek.search.engine import REGISTRY, IndexEngine
+from patchseek.search.files import IndexFiles
+from patchseek.storage import Storage, storage_from_settings
 
 
 @dataclass
 class ServiceContext:
-    """Database, stores and lazily loaded encoders (one per encoder spec, shared by all requests)."""
+    """Database, stores and lazily loaded encoders (one per encoder spec, shared by all requests).
+
+    ``storage`` (default: the blob store's) holds ``blobs/`` and ``segments/`` (``PATCHSEEK_STORAGE_URL``:
+    the data dir, or an object store that every node of a cluster shares; the database stays the
+    source of truth for which index version is published)."""
 
     settings: Settings
     db: Database
     blobs: BlobStore
+    storage: Storage = field(default=None)  # type: ignore[assignment]
     _encoders: dict[str, Encoder] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     # PATCHSEEK_MAX_HEAVY_REQUESTS slots for rendering, decoding and encoding (see ``heavy_slot``)
@@ -36,14 +44,18 @@ class ServiceContext:
 
     def __post_init__(self) -> None:
         self._heavy = threading.BoundedSemaphore(self.settings.max_heavy_requests)
+        if self.storage is None:
+            self.storage = self.blobs.storage
 
     @classmethod
     def from_settings(cls, settings: Settings, *, upgrade: bool = True) -> ServiceContext:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        storage = storage_from_settings(settings)
         ctx = cls(
             settings=settings,
             db=Database(settings.resolved_database_url, upgrade=upgrade),
-            blobs=BlobStore(settings.blob_dir),
+            blobs=BlobStore(storage, "blobs/"),
+            storage=storage,
         )
         if upgrade:  # a data dir of patchseek 0.1 (per-document files) is converted once, here
             from patchseek.api.services.migrate import legacy_folders, migrate_legacy
@@ -68,9 +80,35 @@ class ServiceContext:
             max_decode_pixels=s.max_decode_pixels,
         )
 
+    @staticmethod
+    def _index_prefix(collection_id: int, version_number: int | None = None) -> str:
+        prefix = f"segments/{int(collection_id)}/"
+        return prefix if version_number is None else f"{prefix}v{int(version_number)}/"
+
+    def _local_base(self) -> Path:
+        """Where index folders are on this machine: the storage folder itself (local backend), or a
+        scratch folder per object-store URL (temp work of fits; the registry's key)."""
+        local = self.storage.local_root
+        if local is not None:
+            return local
+        digest = hashlib.sha256(self.storage.url.encode()).hexdigest()[:16]
+        return self.settings.resolved_storage_cache_dir / "scratch" / digest
+
     def index_root(self, collection_id: int, version_number: int) -> Path:
-        """The folder of one index version: ``<segment_dir>/<collection id>/v<number>``."""
-        return self.settings.segment_dir / str(int(collection_id)) / f"v{int(version_number)}"
+        """The local folder of one index version: ``<data dir>/segments/<collection id>/v<number>`` on
+        a local backend (an object store: its scratch folder)."""
+        return self._local_base() / self._index_prefix(collection_id, version_number)
+
+    def index_files(self, collection_id: int, version_number: int) -> IndexFiles:
+        """The files of one index version in ``storage``."""
+        s = self.settings
+        return IndexFiles(
+            self.storage,
+            self._index_prefix(collection_id, version_number),
+            scratch=self.index_root(collection_id, version_number),
+            poll_s=s.storage_poll_seconds,
+            lock_seconds=s.storage_lock_seconds,
+        )
 
     def index(
         self, collection_id: int, version_number: int, dim: int, compression: dict | None
@@ -82,6 +120,7 @@ class ServiceContext:
             dim,
             CompressionConfig.from_dict(compression or {}),
             device="cuda" if on_gpu else "cpu",
+            files=self.index_files(collection_id, version_number),
         )
 
     def version_index(self, version: Any) -> IndexEngine:
@@ -89,11 +128,11 @@ class ServiceContext:
         return self.index(version.collection_id, version.number, version.dim, version.compression)
 
     def drop_index(self, collection_id: int, version_number: int | None = None) -> None:
-        """Forget and delete an index version's folder (or every version of a collection)."""
-        folder = self.settings.segment_dir / str(int(collection_id))
-        if version_number is not None:
-            folder = folder / f"v{int(version_number)}"
+        """Forget and delete an index version's files (or every version of a collection)."""
+        prefix = self._index_prefix(collection_id, version_number)
+        folder = self._local_base() / prefix
         REGISTRY.drop_under(folder)
+        self.storage.delete_prefix(prefix)
         shutil.rmtree(folder, ignore_errors=True)
 
     @contextmanager

@@ -149,7 +149,7 @@ class SearchService:
             session.expunge_all()
         n = 0
         for version in versions:
-            if self.ctx.index_root(version.collection_id, version.number).is_dir():
+            if self.ctx.index_files(version.collection_id, version.number).exists():
                 n += self.ctx.version_index(version).gc(grace_s=grace)
         return n
 
