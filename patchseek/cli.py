@@ -231,6 +231,9 @@ def search(
                 candidates=candidates,
             )
             hits = [_hit_json(h) for h in result.hits]
+            if result.partial:
+                missing = ", ".join(f"{i} ({why})" for i, why in result.missing_shards)
+                console.print(f"[yellow]partial answer[/yellow]: shards {missing} did not answer")
             if as_json and queries is not None:
                 print(json.dumps({"query": text, "hits": hits}, ensure_ascii=False))
             elif as_json:

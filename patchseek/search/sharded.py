@@ -81,10 +81,11 @@ class ShardServer:
     asked about. Run as a Ray actor (``start_shards``); a plain object in tests of the logic."""
 
     def __init__(
-        self, collection: str, index: int, count: int, device: str = "cpu", threads: int = 1
+        self, collection: str, index: int, count: int, device: str = "cpu", threads: int | None = None
     ) -> None:
         self.collection, self.index, self.count, self.device = collection, index, count, device
-        torch.set_num_threads(max(1, threads))
+        if threads is not None:  # an actor's process: as many scoring threads as the CPUs Ray gave it
+            torch.set_num_threads(max(1, threads))
         self._views: dict[str, tuple[Snapshot, Snapshot]] = {}  # root -> (snapshot, its shard)
         self._lock = threading.Lock()
 

@@ -362,3 +362,22 @@ def test_a_frozen_shard_is_left_out_after_the_timeout(served: Served, plain, sha
     back = _search(sharded, q)
     assert back["partial"] is False
     _assert_same(back, _search(plain, q))
+
+
+def test_serve_shards_refuses_an_unknown_collection_and_a_missing_address(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PATCHSEEK_DATA_DIR": str(tmp_path / "data")}
+    for k in ("PATCHSEEK_RAY_ADDRESS", "PATCHSEEK_SHARDS", "PATCHSEEK_DATABASE_URL"):
+        env.pop(k, None)
+    _cli(env, "init")
+    for args, code in (
+        (["-c", "nope", "--ray", "127.0.0.1:1", "--shards", "2"], "not_found"),  # checked before connecting
+        (["-c", "nope", "--shards", "2"], "PATCHSEEK_RAY_ADDRESS"),
+    ):
+        out = subprocess.run(
+            [sys.executable, "-m", "patchseek.cli", "serve-shards", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert out.returncode == 2 and code in out.stderr.replace("\n", " "), out.stderr

@@ -23,7 +23,7 @@ from patchseek.search.shards import merge_shortlists
 DIM = 32
 N_SEGMENTS = 12
 UNITS_PER_SEGMENT = 200  # 2,400 units: above EXACT_THRESHOLD
-N_QUERIES = 12
+N_QUERIES = 8
 
 
 def _segment(rng: np.random.Generator, first_doc: int, centers: np.ndarray) -> UnitBatch:
@@ -253,3 +253,62 @@ def test_top_k_breaks_ties_at_the_cut_on_the_lower_unit() -> None:
         perm = np.random.default_rng().permutation(units.size)
         got, s = top_k(scores[perm], units[perm], 2)
         assert got.tolist() == [10, 20] and s.tolist() == [2.0, 2.0]
+
+
+class TestShardServer:
+    """The shard server's logic as a plain object (Ray only transports it): it opens the version
+    folder through the engine, follows the manifest, and answers like ``Snapshot.shard``."""
+
+    def test_it_follows_new_segments_and_deletes_through_the_manifest(self, tmp_path: Path) -> None:
+        from patchseek.search.engine import REGISTRY
+        from patchseek.search.sharded import ShardRequest, ShardServer
+
+        engine, queries = _build(tmp_path / "v1", {})
+        root = str((tmp_path / "v1").resolve())
+        servers = [ShardServer("c", i, 2) for i in range(2)]
+        try:
+            request = ShardRequest(root=root, dim=DIM, compression={}, query=queries[0].numpy())
+
+            def ask() -> list:  # type: ignore[type-arg]
+                return [s.search(request) for s in servers]
+
+            first = ask()
+            assert servers[0]._view(root, DIM, {}) is servers[0]._view(
+                root, DIM, {}
+            )  # reused while unchanged
+            _same(merge_shortlists(first, 10), engine.snapshot().search(queries[0]))
+            top = merge_shortlists(first, 10).hits[0]
+            engine.delete_documents([top.doc_id])  # the engine of this process writes; the servers' reads
+            after = merge_shortlists(ask(), 10)
+            assert top.doc_id not in {h.doc_id for h in after.hits}
+            q = queries[0].numpy().astype(np.float16)  # (5, DIM): two units that are the query itself
+            fresh = UnitBatch(
+                np.array([50_000, 50_001], np.int64),
+                np.zeros(2, np.int32),
+                np.zeros(2, np.int8),
+                np.array([5, 5], np.int64),
+                np.concatenate([q, q]),
+                np.zeros((10, 2), np.int16),
+                np.ones(10, np.float16),
+            )
+            engine.publish([engine.write(fresh)])
+            got = merge_shortlists(ask(), 10)
+            assert got.hits[0].doc_id >= 50_000
+            _same(got, engine.snapshot().search(queries[0]))
+            visible = np.array([50_000, 50_001], np.int64)  # the ``visible`` ids travel beside the request
+            only = merge_shortlists([s.search(request, visible) for s in servers], 10)
+            assert {h.doc_id for h in only.hits} <= {50_000, 50_001} and only.hits
+            assert servers[1].ping()["shard"] == 1
+            assert servers[0].warm(root, DIM, {})["stage1"] == "dense"
+        finally:
+            REGISTRY.drop_under(tmp_path)
+
+
+def test_more_than_one_shard_needs_a_ray_address() -> None:
+    from pydantic import ValidationError
+
+    from patchseek.config import Settings
+
+    with pytest.raises(ValidationError, match="PATCHSEEK_RAY_ADDRESS"):
+        Settings(shards=2, ray_address=None)
+    assert Settings(shards=2, ray_address="127.0.0.1:6379").shards == 2

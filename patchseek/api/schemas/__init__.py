@@ -323,6 +323,8 @@ class ContextResponse(BaseModel):
     query: str
     items: list[ContextItemPublic]
     message: dict[str, Any]
+    partial: bool = Field(default=False, description="as in a search answer: some shards did not answer")
+    missing_shards: list[MissingShard] = Field(default_factory=list)
 
 
 # Queries and qrels travel as the text of their files; the service checks their size against
