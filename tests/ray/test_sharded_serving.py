@@ -40,6 +40,7 @@ from patchseek.search.candidates import EXACT_THRESHOLD  # noqa: E402
 from patchseek.search.engine import REGISTRY, shard_of  # noqa: E402
 from patchseek.search.sharded import actor_name  # noqa: E402
 from tests.api.server import running_server  # noqa: E402
+from tests.api.subprocess_server import server_process  # noqa: E402
 from tests.conftest import make_settings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -251,11 +252,26 @@ def plain(served: Served):  # type: ignore[no-untyped-def]
         yield client
 
 
+def _sharded_server(s: Served, timeout_s: float):  # type: ignore[no-untyped-def]
+    """``patchseek serve`` in its own process with PATCHSEEK_SHARDS=2: it connects to the cluster itself
+    (from a request thread, on its first sharded search), as a deployment does."""
+    env = {
+        "PATCHSEEK_PDF_DPI": "36",
+        "PATCHSEEK_SEGMENT_ROWS": "1000",
+        "PATCHSEEK_RAY_NAMESPACE": NAMESPACE,
+        "PATCHSEEK_SHARDS": str(SHARDS),
+        "PATCHSEEK_RAY_ADDRESS": s.cluster.address,
+        "PATCHSEEK_SHARD_TIMEOUT_S": str(timeout_s),
+        "PATCHSEEK_WORKER_IN_PROCESS": "false",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    return server_process(s.data, **env)
+
+
 @pytest.fixture(scope="module")
 def sharded(served: Served):  # type: ignore[no-untyped-def]
     # A generous timeout: the answers must be complete however loaded the machine is.
-    settings = _settings(served, shards=SHARDS, ray_address=served.cluster.address, shard_timeout_s=120)
-    with running_server(settings) as client:
+    with _sharded_server(served, 120) as (_, client):
         yield client
 
 
@@ -350,8 +366,7 @@ def test_a_frozen_shard_is_left_out_after_the_timeout(served: Served, plain, sha
     q = served.queries[3]
     handle = ray.get_actor(actor_name("c", 0, SHARDS), namespace=NAMESPACE)
     pid = ray.get(handle.ping.remote(), timeout=60)["pid"]
-    settings = _settings(served, shards=SHARDS, ray_address=served.cluster.address, shard_timeout_s=2)
-    with running_server(settings) as impatient:
+    with _sharded_server(served, 2) as (_, impatient):
         os.kill(pid, signal.SIGSTOP)
         try:
             got = _search(impatient, q)
@@ -368,7 +383,6 @@ def test_serve_shards_refuses_an_unknown_collection_and_a_missing_address(tmp_pa
     env = {**os.environ, "PYTHONPATH": str(REPO), "PATCHSEEK_DATA_DIR": str(tmp_path / "data")}
     for k in ("PATCHSEEK_RAY_ADDRESS", "PATCHSEEK_SHARDS", "PATCHSEEK_DATABASE_URL"):
         env.pop(k, None)
-    _cli(env, "init")
     for args, code in (
         (["-c", "nope", "--ray", "127.0.0.1:1", "--shards", "2"], "not_found"),  # checked before connecting
         (["-c", "nope", "--shards", "2"], "PATCHSEEK_RAY_ADDRESS"),
