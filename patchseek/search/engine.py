@@ -396,8 +396,9 @@ class Shortlist:
     ``keys`` (k,) int64 name each unit as ``segment position in the manifest · 2^32 + unit``, the
     tie-break of every cut; ``approx`` (k,) float32 are the stage-2 scores the units were kept by and
     ``exact`` (k,) float32 the stage-3 scores (None without a rerank); ``doc_ids`` / ``ordinals`` (k,)
-    the units. ``keep`` is how many units the rerank takes (``max(candidates, top_k)``), ``final``
-    whether ``approx`` is already exact MaxSim (codec-less exact scan or FAISS candidates).
+    the units. ``keep`` is how many units the cut after stage 2 keeps (``max(candidates, top_k)`` with a
+    rerank, else ``top_k``; without a rerank ``approx`` may already be exact MaxSim: a codec-less exact
+    scan or FAISS candidates).
     """
 
     keys: np.ndarray
