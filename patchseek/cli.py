@@ -239,6 +239,9 @@ def search(
                 candidates=candidates,
             )
             hits = [_hit_json(h) for h in result.hits]
+            if result.partial:
+                missing = ", ".join(f"{i} ({why})" for i, why in result.missing_shards)
+                console.print(f"[yellow]partial answer[/yellow]: shards {missing} did not answer")
             if as_json and queries is not None:
                 print(json.dumps({"query": text, "hits": hits}, ensure_ascii=False))
             elif as_json:
@@ -560,6 +563,75 @@ def serve(
     from patchseek.api.app import create_app
 
     uvicorn.run(create_app(), host=host, port=port)
+
+
+@app.command("serve-shards")
+def serve_shards(
+    collection: Annotated[list[str], typer.Option("--collection", "-c", help="a collection (repeatable)")],
+    ray_address: Annotated[
+        str | None, typer.Option("--ray", help="Ray cluster address (default: PATCHSEEK_RAY_ADDRESS)")
+    ] = None,
+    shards: Annotated[
+        int | None, typer.Option("--shards", "-n", min=1, help="shards (default: PATCHSEEK_SHARDS)")
+    ] = None,
+    num_cpus: Annotated[float, typer.Option(min=0.0, help="Ray CPUs each shard server reserves")] = 1.0,
+    stop: Annotated[bool, typer.Option("--stop", help="stop the collections' shard servers instead")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per shard")] = False,
+) -> None:
+    """Start the shard servers of collections on a Ray cluster (detached actors; run again to start any
+    that stopped). The API serves sharded with PATCHSEEK_SHARDS and PATCHSEEK_RAY_ADDRESS set alike."""
+    from pydantic import ValidationError
+
+    from patchseek.api.services.collections import active_version, get_collection
+
+    try:
+        base = Settings()
+        settings = Settings(ray_address=ray_address or base.ray_address, shards=shards or max(base.shards, 1))
+    except ValidationError as exc:
+        console.print(f"[red]error[/red] (invalid_input): {exc.errors()[0]['msg']}")
+        raise typer.Exit(2) from exc
+    if not settings.ray_address:
+        console.print("[red]error[/red] (invalid_input): give --ray ADDRESS or set PATCHSEEK_RAY_ADDRESS")
+        raise typer.Exit(2)
+    try:
+        from patchseek.search.sharded import start_shards, stop_shards
+    except PatchseekError as exc:
+        _fail(exc)
+        return
+    ctx = _context(settings)
+    try:
+        versions = {}
+        with ctx.db.session() as session:
+            for name in collection:
+                version = active_version(session, get_collection(session, name))
+                root = ctx.index_root(version.collection_id, version.number).resolve()
+                versions[name] = (str(root), version.dim, dict(version.compression or {}))
+    except PatchseekError as exc:
+        _fail(exc)
+        return
+    finally:
+        ctx.close()
+    count = settings.shards
+    for name, warm in versions.items():
+        if stop:
+            n = stop_shards(settings.ray_address, name, count, namespace=settings.ray_namespace)
+            console.print(f"{name}: stopped {n} of {count} shard servers")
+            continue
+        for info in start_shards(
+            settings.ray_address,
+            name,
+            count,
+            namespace=settings.ray_namespace,
+            num_cpus=num_cpus,
+            warm=warm if Path(warm[0]).is_dir() else None,
+        ):
+            if as_json:
+                print(json.dumps(info))
+            else:
+                print(
+                    f"{name} shard {info['shard']}/{info['count']}: pid {info['pid']}, "
+                    f"{info.get('segments', 0)} segments, {info.get('units', 0)} units"
+                )
 
 
 @app.command()

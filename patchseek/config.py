@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -155,6 +155,34 @@ class Settings(BaseSettings):
     @property
     def resolved_storage_cache_dir(self) -> Path:
         return self.storage_cache_dir or self.data_dir / "cache"
+
+    # sharded serving on Ray (``patchseek[ray]``; ``patchseek serve-shards`` starts the shard servers)
+    shards: int = Field(
+        default=1,
+        ge=1,
+        le=1024,
+        description="shards each collection is served as; above 1 the API's searches fan out to the shard "
+        "servers on the Ray cluster at ray_address (1: searched in-process)",
+    )
+    ray_address: str | None = Field(default=None, description="the Ray cluster's address (host:port)")
+    ray_namespace: str = Field(default="patchseek", min_length=1, description="Ray namespace of the shards")
+    shard_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="how long a search waits for the shards; those that have not answered by then are "
+        "left out and named in the answer (partial)",
+    )
+    shard_merge: Literal["unsharded", "union"] = Field(
+        default="unsharded",
+        description="'unsharded': the answer the collection gives in-process; 'union': the best exact "
+        "scores among every shard's reranked shortlist (recall can only improve)",
+    )
+
+    @model_validator(mode="after")
+    def _shards_need_a_cluster(self) -> Settings:
+        if self.shards > 1 and not self.ray_address:
+            raise ValueError("PATCHSEEK_SHARDS > 1 needs PATCHSEEK_RAY_ADDRESS (the Ray cluster's host:port)")
+        return self
 
     @property
     def resolved_database_url(self) -> str:

@@ -19,9 +19,11 @@ from patchseek.search.engine import (
     Filter,
     FittedState,
     IndexEngine,
+    Shortlist,
     Snapshot,
     UnitBatch,
     fit_rule,
+    shard_of,
 )
 from patchseek.search.manifest import Manifest, read_manifest
 from patchseek.search.retriever import (
@@ -35,6 +37,7 @@ from patchseek.search.retriever import (
     search,
 )
 from patchseek.search.segments import SegmentFile, write_segment
+from patchseek.search.shards import merge_shortlists
 
 __all__ = [
     "EXACT_THRESHOLD",
@@ -56,6 +59,7 @@ __all__ = [
     "SearchParams",
     "REGISTRY",
     "SegmentFile",
+    "Shortlist",
     "Snapshot",
     "UnitBatch",
     "UnitRows",
@@ -63,8 +67,10 @@ __all__ = [
     "choose_stage1",
     "fit_rule",
     "make_candidate_generator",
+    "merge_shortlists",
     "read_manifest",
     "search",
+    "shard_of",
     "summarize_units",
     "write_segment",
 ]

@@ -112,7 +112,11 @@ def top_k(scores: np.ndarray, units: np.ndarray, k: int) -> tuple[np.ndarray, np
     Returns (units (k',), scores (k',)) with ``k' = min(k, n)``.
     """
     if units.size > k:
-        keep = np.argpartition(-scores, k - 1)[:k]  # (k,) unordered
+        # Every unit scoring at least the k-th best, ties at the cut included (argpartition alone would
+        # pick among them arbitrarily): the cut then keeps the lower units, so the same units and scores
+        # give the same answer however they are split up (the merge of sharded results relies on it).
+        kth = np.partition(-scores, k - 1)[k - 1]
+        keep = np.flatnonzero(-scores <= kth)  # (>= k,) unordered
         units, scores = units[keep], scores[keep]
-    order = np.lexsort((units, -scores))  # primary: score descending, then unit ascending
+    order = np.lexsort((units, -scores))[:k]  # primary: score descending, then unit ascending
     return units[order].astype(np.int64), scores[order].astype(np.float32)

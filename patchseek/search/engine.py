@@ -32,6 +32,7 @@ import logging
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -391,6 +392,57 @@ class EngineResult:
 
 
 @dataclass(frozen=True)
+class Shortlist:
+    """What one snapshot (or shard of one) hands to the final cut: its best units after stages 1-2,
+    re-scored exactly when stage 3 ran, best first (``Snapshot.shortlist``).
+
+    ``keys`` (k,) int64 name each unit as ``segment position in the manifest · 2^32 + unit``, the
+    tie-break of every cut; ``approx`` (k,) float32 are the stage-2 scores the units were kept by and
+    ``exact`` (k,) float32 the stage-3 scores (None without a rerank); ``doc_ids`` / ``ordinals`` (k,)
+    the units. ``keep`` is how many units the cut after stage 2 keeps (``max(candidates, top_k)`` with a
+    rerank, else ``top_k``; without a rerank ``approx`` may already be exact MaxSim: a codec-less exact
+    scan or FAISS candidates).
+    """
+
+    keys: np.ndarray
+    approx: np.ndarray
+    exact: np.ndarray | None
+    doc_ids: np.ndarray
+    ordinals: np.ndarray
+    keep: int
+    stage1: str
+    n_stage1: int
+    n_units: int
+    generation: int
+    timings_ms: dict[str, float]
+
+    @property
+    def scores(self) -> np.ndarray:
+        """The scores the final ranking is by: exact after a rerank, else stage 2's."""
+        return self.approx if self.exact is None else self.exact
+
+    def result(self, top_k_hits: int) -> EngineResult:
+        """The best ``top_k_hits`` units as an ``EngineResult``."""
+        best, best_scores = top_k(self.scores, self.keys, top_k_hits)
+        where = {int(k): i for i, k in enumerate(self.keys.tolist())}
+        hits = [
+            EngineHit(int(self.doc_ids[where[k]]), int(self.ordinals[where[k]]), float(s))
+            for k, s in zip(best.tolist(), best_scores.tolist(), strict=True)
+        ]
+        n2 = int(self.keys.size)  # the units stage 2 kept
+        return EngineResult(hits, self.stage1, self.n_stage1, n2, dict(self.timings_ms), self.n_units)
+
+
+def shard_of(segment: str, count: int) -> int:
+    """The shard (0 .. count - 1) that serves segment ``segment``: a stable hash (CRC-32) of its name.
+
+    A segment's shard never changes, so a shard server only ever loads its own segments' stage-1 data;
+    a new segment (an ingest, a merge's output, a fit's rewrite) lands where its new name hashes.
+    """
+    return zlib.crc32(segment.encode()) % count
+
+
+@dataclass(frozen=True)
 class Filter:
     """Which units a search may return: documents in ``visible`` (sorted int64 ids; None: all), in
     ``doc_ids`` (None: any) and of ``media`` codes (None: any). ``key`` names ``visible`` for caching
@@ -406,12 +458,27 @@ class Snapshot:
     """An immutable view of one manifest: segment readers, their tombstone masks and the fitted state."""
 
     def __init__(
-        self, manifest: Manifest, readers: list[SegmentReader], state: FittedState | None, device: str
+        self,
+        manifest: Manifest,
+        readers: list[SegmentReader],
+        state: FittedState | None,
+        device: str,
+        *,
+        positions: Sequence[int] | np.ndarray | None = None,
+        whole: Snapshot | None = None,
     ) -> None:
         self.manifest = manifest
         self.readers = readers
         self.state = state
         self.device = device
+        # Each reader's position among the manifest's segments (hit keys, tie-breaks), and the snapshot
+        # this one is a shard of (``shard``): stage 1 is chosen on the whole collection.
+        self.positions = (
+            np.arange(len(readers), dtype=np.int64)
+            if positions is None
+            else np.asarray(positions, dtype=np.int64)
+        )
+        self.whole = whole
         self.deleted = [
             np.isin(r.doc_ids, np.asarray(manifest.tombstones.get(r.name, ()), dtype=np.int64))
             for r in readers
@@ -459,10 +526,31 @@ class Snapshot:
             self._visible_cache = (flt.key, masks)
         return masks
 
+    def shard(self, index: int, count: int) -> Snapshot:
+        """This snapshot restricted to the segments of shard ``index`` of ``count`` (``shard_of``).
+
+        Its searches rank like this snapshot's: hits keep their manifest-wide keys (``Shortlist``) and
+        stage 1 is resolved on the whole collection, so ``merge_shortlists`` of every shard's
+        ``shortlist`` gives this snapshot's own answer.
+        """
+        if not 0 <= index < count:
+            raise InvalidInputError(f"shard {index} of {count}: expected 0 <= shard < count")
+        picks = [i for i, r in enumerate(self.readers) if shard_of(r.name, count) == index]
+        return Snapshot(
+            self.manifest,
+            [self.readers[i] for i in picks],
+            self.state,
+            self.device,
+            positions=self.positions[picks],
+            whole=self,
+        )
+
     def stage1_kind(self, requested: str = "auto") -> str:
-        """What ``requested`` resolves to on this snapshot."""
+        """What ``requested`` resolves to on this snapshot (on the whole collection for a shard)."""
         if requested not in STAGE1_CHOICES:
             raise InvalidInputError(f"stage1={requested!r}: expected one of {list(STAGE1_CHOICES)}")
+        if self.whole is not None:
+            return self.whole.stage1_kind(requested)
         n = self.n_units
         has_dense = bool(self.readers) and all(r.dense_rows is not None for r in self.readers)
         faiss_ok = (
@@ -511,13 +599,63 @@ class Snapshot:
         MaxSim after an exact scan / FAISS); the best ``candidates`` overall are re-scored exactly
         (stage 3, with ``rerank`` and kept vectors) and the best ``top_k_hits`` returned.
         """
+        return self.shortlist(
+            query,
+            top_k_hits=top_k_hits,
+            candidates=candidates,
+            rerank=rerank,
+            stage1=stage1,
+            stage1_k=stage1_k,
+            nprobe=nprobe,
+            flt=flt,
+        ).result(top_k_hits)
+
+    def shortlist(
+        self,
+        query: torch.Tensor,
+        *,
+        top_k_hits: int = 10,
+        candidates: int = 100,
+        rerank: bool = True,
+        stage1: str = "auto",
+        stage1_k: int = 1000,
+        nprobe: int | None = None,
+        flt: Filter | None = None,
+    ) -> Shortlist:
+        """``search`` up to its final cut: the ``keep`` best units by stage-2 score (``keep`` =
+        ``max(candidates, top_k_hits)`` with a rerank, else ``top_k_hits``), re-scored exactly when
+        stage 3 runs. ``search`` is ``shortlist(...).result(top_k_hits)``; a shard's shortlist holds every
+        unit of the whole snapshot's shortlist that lives in the shard (see ``merge_shortlists``)."""
         timings: dict[str, float] = {}
         q = query.detach().to("cpu", torch.float32)  # (n_q, dim)
         masks = self.live(flt)
         n_live = int(sum(int(m.sum()) for m in masks))
         kind = self.stage1_kind(stage1)
+        keep = max(candidates, top_k_hits) if rerank else top_k_hits
+
+        def out(keys: np.ndarray, approx: np.ndarray, exact: np.ndarray | None, n1: int) -> Shortlist:
+            seg = (keys >> 32).astype(np.int64)
+            unit = keys & 0xFFFFFFFF
+            local = np.searchsorted(self.positions, seg)  # (k,) reader of each key
+            doc_ids = np.array([self.readers[i].doc_ids[u] for i, u in zip(local, unit, strict=True)])
+            ordinals = np.array([self.readers[i].ordinals[u] for i, u in zip(local, unit, strict=True)])
+            return Shortlist(
+                keys.astype(np.int64),
+                approx.astype(np.float32),
+                exact,
+                doc_ids.astype(np.int64),
+                ordinals.astype(np.int64),
+                keep,
+                kind,
+                n1,
+                n_live,
+                self.generation,
+                timings,
+            )
+
+        nothing = np.zeros(0, np.int64)
         if q.dim() != 2 or q.shape[0] == 0 or n_live == 0:
-            return EngineResult([], kind, 0, 0, timings, n_live)
+            return out(nothing, nothing.astype(np.float32), None, 0)
         if self.readers and q.shape[1] != self.readers[0].dim:
             raise InvalidInputError(
                 f"query has dim {q.shape[1]}, the index holds {self.readers[0].dim}-d vectors"
@@ -552,34 +690,28 @@ class Snapshot:
                 scores = r.exact(q, units)
                 final = True
             t2 += time.perf_counter() - t0
-            seg_ids.append(np.full(units.size, i, dtype=np.int64))
+            seg_ids.append(np.full(units.size, int(self.positions[i]), dtype=np.int64))
             unit_parts.append(units.astype(np.int64))
             score_parts.append(np.asarray(scores, dtype=np.float32))
         timings["stage1"] = t1 * 1000
         timings["stage2"] = t2 * 1000
         if not unit_parts:
-            return EngineResult([], kind, n1, 0, timings, n_live)
+            return out(nothing, nothing.astype(np.float32), None, n1)
         segs, units, scores = np.concatenate(seg_ids), np.concatenate(unit_parts), np.concatenate(score_parts)
         key = segs * (1 << 32) + units  # one id per (segment, unit) for ``top_k``'s tie-break
         rerank = rerank and can_rerank and not final
         keep = max(candidates, top_k_hits) if rerank else top_k_hits
         best, best_scores = top_k(scores, key, keep)
-        n2 = int(best.size)
-        if rerank:
-            t0 = time.perf_counter()
-            exact = np.empty(best.size, dtype=np.float32)
-            seg_of, unit_of = best >> 32, best & 0xFFFFFFFF
-            for i in np.unique(seg_of).tolist():
-                sel = np.flatnonzero(seg_of == i)
-                exact[sel] = self.readers[i].exact(q, unit_of[sel])
-            best, best_scores = top_k(exact, best, top_k_hits)
-            timings["stage3"] = (time.perf_counter() - t0) * 1000
-        hits = []
-        for k, s in zip(best.tolist(), best_scores.tolist(), strict=True):
-            r = self.readers[k >> 32]
-            u = k & 0xFFFFFFFF
-            hits.append(EngineHit(int(r.doc_ids[u]), int(r.ordinals[u]), float(s)))
-        return EngineResult(hits, kind, n1, n2, timings, n_live)
+        if not rerank:
+            return out(best, best_scores, None, n1)
+        t0 = time.perf_counter()
+        exact = np.empty(best.size, dtype=np.float32)
+        seg_of, unit_of = best >> 32, best & 0xFFFFFFFF
+        for p in np.unique(seg_of).tolist():
+            sel = np.flatnonzero(seg_of == p)
+            exact[sel] = self.readers[int(np.searchsorted(self.positions, p))].exact(q, unit_of[sel])
+        timings["stage3"] = (time.perf_counter() - t0) * 1000
+        return out(best, best_scores, exact, n1)
 
     def find(self, doc_id: int, ordinal: int) -> tuple[SegmentReader, int] | None:
         """The live segment and position of unit ``(doc_id, ordinal)``."""

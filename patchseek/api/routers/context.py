@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 
 from patchseek.api.deps import SearchServiceDep
 from patchseek.api.routers._responses import NamePath, errors
-from patchseek.api.schemas import ContextItemPublic, ContextRequest, ContextResponse
+from patchseek.api.schemas import ContextItemPublic, ContextRequest, ContextResponse, MissingShard
 
 router = APIRouter(prefix="/v1/collections/{name}/context", tags=["rag"])
 
@@ -21,7 +21,9 @@ def rag_context(
     name: NamePath, body: ContextRequest, request: Request, service: SearchServiceDep
 ) -> ContextResponse:
     """Top hits as citable context: text, citation, score and page images, plus a ready chat message."""
-    _, items = service.context(name, query=body.query, top_k=body.top_k, with_images=body.images == "base64")
+    result, items = service.context(
+        name, query=body.query, top_k=body.top_k, with_images=body.images == "base64"
+    )
     base = str(request.base_url).rstrip("/")
     public, parts = [], []
     lines = [_PREAMBLE]
@@ -53,4 +55,10 @@ def rag_context(
         if image_url is not None:
             parts.append({"type": "image_url", "image_url": {"url": image_url}})
     message = {"role": "user", "content": [{"type": "text", "text": "\n\n".join(lines)}, *parts]}
-    return ContextResponse(query=body.query, items=public, message=message)
+    return ContextResponse(
+        query=body.query,
+        items=public,
+        message=message,
+        partial=result.partial,
+        missing_shards=[MissingShard(shard=i, reason=r) for i, r in result.missing_shards],  # type: ignore[arg-type]
+    )

@@ -10,7 +10,13 @@ from fastapi import APIRouter
 from patchseek.api.deps import SearchServiceDep
 from patchseek.api.routers._responses import NamePath, errors
 from patchseek.api.routers._views import unit_urls
-from patchseek.api.schemas import QUERY_TEXT_PATTERN, SearchHit, SearchRequest, SearchResponse
+from patchseek.api.schemas import (
+    QUERY_TEXT_PATTERN,
+    MissingShard,
+    SearchHit,
+    SearchRequest,
+    SearchResponse,
+)
 from patchseek.errors import InvalidInputError
 
 _QUERY_TEXT = re.compile(QUERY_TEXT_PATTERN)
@@ -65,5 +71,10 @@ def search(name: NamePath, body: SearchRequest, service: SearchServiceDep) -> Se
             )
         )
     return SearchResponse(
-        query=result.query, hits=hits, took_ms=result.took_ms, units_searched=result.n_units
+        query=result.query,
+        hits=hits,
+        took_ms=result.took_ms,
+        units_searched=result.n_units,
+        partial=result.partial,
+        missing_shards=[MissingShard(shard=i, reason=r) for i, r in result.missing_shards],  # type: ignore[arg-type]
     )

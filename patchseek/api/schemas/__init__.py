@@ -261,11 +261,25 @@ class SearchHit(BaseModel):
     thumbnail_url: str
 
 
+class MissingShard(BaseModel):
+    shard: int = Field(description="the shard's number, 0 .. PATCHSEEK_SHARDS - 1")
+    reason: Literal["unavailable", "timeout", "error"] = Field(
+        description="unavailable: not running or died; timeout: no answer within "
+        "PATCHSEEK_SHARD_TIMEOUT_S; error: it failed (see the server's log)"
+    )
+
+
 class SearchResponse(BaseModel):
     query: str | None
     hits: list[SearchHit]
     took_ms: float
     units_searched: int
+    partial: bool = Field(
+        default=False,
+        description="true when some shards of a sharded collection did not answer: the hits are the best "
+        "of the shards that did (missing_shards names the others)",
+    )
+    missing_shards: list[MissingShard] = Field(default_factory=list)
 
 
 class RebuildRequest(BaseModel):
@@ -309,6 +323,8 @@ class ContextResponse(BaseModel):
     query: str
     items: list[ContextItemPublic]
     message: dict[str, Any]
+    partial: bool = Field(default=False, description="as in a search answer: some shards did not answer")
+    missing_shards: list[MissingShard] = Field(default_factory=list)
 
 
 # Queries and qrels travel as the text of their files; the service checks their size against

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from patchseek.api.db.session import Database
 from patchseek.config import Settings
@@ -21,6 +21,9 @@ from patchseek.indexer.sources import ReadOptions
 from patchseek.search.engine import REGISTRY, IndexEngine
 from patchseek.search.files import IndexFiles
 from patchseek.storage import Storage, storage_from_settings
+
+if TYPE_CHECKING:
+    from patchseek.search.sharded import ShardClient
 
 
 @dataclass
@@ -41,6 +44,7 @@ class ServiceContext:
     _heavy: threading.BoundedSemaphore = field(init=False)
     # Set when the process shuts down: jobs stop between documents (``JobInterrupted``) and are re-queued.
     stopping: threading.Event = field(default_factory=threading.Event)
+    _shards: ShardClient | None = None
 
     def __post_init__(self) -> None:
         self._heavy = threading.BoundedSemaphore(self.settings.max_heavy_requests)
@@ -181,7 +185,30 @@ class ServiceContext:
                 "default, or ask the operator to add it to PATCHSEEK_ENCODERS"
             )
 
+    @property
+    def shards(self) -> ShardClient | None:
+        """The fan-out client to the shard servers (``PATCHSEEK_SHARDS`` > 1), made on first use; None
+        when collections are searched in-process."""
+        if self.settings.shards <= 1:
+            return None
+        with self._lock:
+            if self._shards is None:
+                from patchseek.search.sharded import ShardClient
+
+                s = self.settings
+                assert s.ray_address is not None  # Settings refuses shards > 1 without an address
+                self._shards = ShardClient(
+                    s.ray_address,
+                    s.shards,
+                    namespace=s.ray_namespace,
+                    timeout_s=s.shard_timeout_s,
+                    mode=s.shard_merge,
+                )
+            return self._shards
+
     def close(self) -> None:
+        if self._shards is not None:
+            self._shards.close()
         self.db.dispose()
 
 

@@ -42,10 +42,15 @@ class Hit:
 
 @dataclass(frozen=True)
 class SearchResult:
+    """``partial``: some shards did not answer (``missing_shards``: their numbers and why); the hits
+    are the best of the shards that did. Always False for a collection searched in-process."""
+
     query: str | None
     hits: list[Hit]
     took_ms: float
     n_units: int
+    partial: bool = False
+    missing_shards: tuple[tuple[int, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -216,7 +221,6 @@ class SearchService:
             q = encoder.encode_image_queries([unit.image])[0]
         else:
             q = encoder.encode_queries([query or ""])[0]
-        snapshot = self.ctx.version_index(version).snapshot()
         visible = self._visible_docs(collection, with_meta=bool(metadata))
         allowed = None
         if metadata:
@@ -234,20 +238,45 @@ class SearchService:
             doc_ids=allowed,
             media=None if not media_types else np.array([_MEDIA[m] for m in media_types], dtype=np.int8),
         )
-        result = snapshot.search(
-            q,
-            top_k_hits=params.top_k,
-            candidates=params.candidates,
-            rerank=params.rerank,
-            stage1=params.stage1,
-            stage1_k=params.stage1_k,
-            nprobe=params.nprobe,
-            flt=flt,
-        )
+        missing: tuple[tuple[int, str], ...] = ()
+        shards = self.ctx.shards if index_version is None else None
+        if shards is not None:
+            # Sharded serving: the shard servers search their segments of this version's folder.
+            sharded = shards.search(
+                collection.name,
+                root=str(self.ctx.index_root(version.collection_id, version.number).resolve()),
+                dim=version.dim,
+                compression=version.compression,
+                query=q,
+                top_k=params.top_k,
+                candidates=params.candidates,
+                rerank=params.rerank,
+                stage1=params.stage1,
+                stage1_k=params.stage1_k,
+                nprobe=params.nprobe,
+                flt=flt,
+            )
+            result = sharded.result
+            missing = tuple((m.shard, m.reason) for m in sharded.missing)
+        else:
+            result = (
+                self.ctx.version_index(version)
+                .snapshot()
+                .search(
+                    q,
+                    top_k_hits=params.top_k,
+                    candidates=params.candidates,
+                    rerank=params.rerank,
+                    stage1=params.stage1,
+                    stage1_k=params.stage1_k,
+                    nprobe=params.nprobe,
+                    flt=flt,
+                )
+            )
         hits = self._hits(version.id, result.hits)
         took = time.perf_counter() - start
         metrics.SEARCH_LATENCY.observe(took)
-        return SearchResult(query, hits, took * 1000, result.n_units)
+        return SearchResult(query, hits, took * 1000, result.n_units, bool(missing), missing)
 
     def context(
         self, collection_name: str, *, query: str, top_k: int = 5, with_images: bool = True
