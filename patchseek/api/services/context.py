@@ -82,6 +82,9 @@ class ServiceContext:
             dim,
             CompressionConfig.from_dict(compression or {}),
             device="cuda" if on_gpu else "cpu",
+            kernels=self.settings.kernels,
+            device_memory_bytes=self.settings.device_memory_bytes,
+            device_fallback=self.settings.device_fallback,
         )
 
     def version_index(self, version: Any) -> IndexEngine:
