@@ -18,7 +18,7 @@ import torch
 
 from patchseek.errors import DeviceMemoryError, KernelUnavailableError
 from patchseek.indexer.compress import CompressionConfig
-from patchseek.kernels._dispatch import count_launches
+from patchseek.kernels import count_launches
 from patchseek.search.device import DevicePlan
 from patchseek.search.engine import IndexEngine, UnitBatch
 from patchseek.types import PatchBag
@@ -199,7 +199,7 @@ class TestDevicePathOnCuda:
 _CLI_WITH_COUNTS = """
 import itertools, json, sys
 from patchseek.cli import app
-from patchseek.kernels._dispatch import launch_counts
+from patchseek.kernels import launch_counts
 try:  # commands separated by '::' run in this one process
     for sep, group in itertools.groupby(sys.argv[1:], key=lambda a: a == "::"):
         if not sep:
