@@ -85,6 +85,7 @@ MERGE_FACTOR = 10  # tiered merges: this many segments of one size tier become o
 MAX_SEGMENT_ROWS = 1 << 22
 EXACT_CHUNK_ROWS = 1 << 19  # rows scored per exact MaxSim call: bounds a query's memory (~128 MiB fp16)
 RESIDENT_COPY_BYTES = 64 << 20  # a part is copied to the device in slices of this size (bounded host copy)
+COALESCE_MAX = 32  # concurrent device-path searches answered by one search_many at most
 MEDIA_CODES = {"pdf": 0, "image": 1, "video": 2}
 
 UNIT_PARTS = ("doc_ids", "ordinals", "media", "dense")
@@ -531,6 +532,11 @@ class Snapshot:
         ]
         self._visible_cache: tuple[Any, list[np.ndarray]] | None = None
         self._lock = threading.Lock()
+        # device path: searches that arrive while one runs wait, then run together (``_coalesced``)
+        self._turn = threading.Condition()
+        self._waiting: list[_Pending] = []
+        self._leading = False
+        self.batch_sizes: list[int] = []  # sizes of the coalesced batches run so far
 
     @property
     def generation(self) -> int:
@@ -615,10 +621,69 @@ class Snapshot:
         stage1_k: int = 1000,
         nprobe: int | None = None,
         flt: Filter | None = None,
-        _batched: dict[int, np.ndarray] | None = None,
     ) -> EngineResult:
         """The three stages over every segment; per-segment candidates merge by score (stage-1/2 scores
         of one fitted state, and exact MaxSim, are comparable across segments).
+
+        On the device path, searches of this snapshot that arrive while one is running wait for it and
+        then run together through ``search_many`` (one launch per whole-segment scan for all of them),
+        when their parameters and filters agree (a filter by document ids or media runs alone). A lone
+        search never waits.
+        """
+        params: dict[str, Any] = {
+            "top_k_hits": top_k_hits,
+            "candidates": candidates,
+            "rerank": rerank,
+            "stage1": stage1,
+            "stage1_k": stage1_k,
+            "nprobe": nprobe,
+            "flt": flt,
+        }
+        if self.plan is None or not self.plan.resident:
+            return self._search(query, **params)
+        return self._coalesced(query, params)
+
+    def _coalesced(self, query: torch.Tensor, params: dict[str, Any]) -> EngineResult:
+        item = _Pending(query, params, _batch_key(params))
+        with self._turn:
+            self._waiting.append(item)
+            while self._leading and not item.done:
+                self._turn.wait()
+            if item.done:
+                return item.get()
+            group = [item]
+            if item.key is not None:
+                group += [w for w in self._waiting if w is not item and w.key == item.key][: COALESCE_MAX - 1]
+            taken = {id(w) for w in group}
+            self._waiting = [w for w in self._waiting if id(w) not in taken]
+            self._leading = True
+        outs: list[EngineResult | BaseException]
+        try:
+            outs = self._many([w.query for w in group], params)
+        except BaseException as exc:  # noqa: BLE001 - handed to every waiter of the batch
+            outs = [exc] * len(group)
+        with self._turn:
+            for w, out in zip(group, outs, strict=True):
+                w.out, w.done = out, True
+            self.batch_sizes.append(len(group))
+            self._leading = False
+            self._turn.notify_all()
+        return item.get()
+
+    def _search(
+        self,
+        query: torch.Tensor,
+        *,
+        top_k_hits: int = 10,
+        candidates: int = 100,
+        rerank: bool = True,
+        stage1: str = "auto",
+        stage1_k: int = 1000,
+        nprobe: int | None = None,
+        flt: Filter | None = None,
+        _batched: dict[int, np.ndarray] | None = None,
+    ) -> EngineResult:
+        """One search (see ``search``); ``_batched``: this query's rows of batched whole-segment scans.
 
         On the device path (``plan.resident``, see ``patchseek.search.device``) every stage scores on the
         plan's device: the dense scan and the codec-less exact stage 2 with ``maxsim`` on resident rows,
@@ -729,6 +794,26 @@ class Snapshot:
         and a codec-less collection's exact scan. The per-query candidates then go through stages 2 and
         3 query by query.
         """
+        params: dict[str, Any] = {
+            "top_k_hits": top_k_hits,
+            "candidates": candidates,
+            "rerank": rerank,
+            "stage1": stage1,
+            "stage1_k": stage1_k,
+            "nprobe": nprobe,
+            "flt": flt,
+        }
+        outs = self._many(list(queries), params)
+        for out in outs:
+            if isinstance(out, BaseException):
+                raise out
+        return outs  # type: ignore[return-value]
+
+    def _many(
+        self, queries: Sequence[torch.Tensor], params: dict[str, Any]
+    ) -> list[EngineResult | BaseException]:
+        """Each query's result, or the error its search raised (one bad query fails only itself)."""
+        stage1, flt = params["stage1"], params["flt"]
         qs = [q.detach().to("cpu", torch.float32) for q in queries]
         batched: list[dict[int, np.ndarray]] = [{} for _ in qs]
         plan = self.plan
@@ -755,20 +840,13 @@ class Snapshot:
                     if scores is not None:
                         for b, i in enumerate(valid):
                             batched[i][s] = scores[b]
-        return [
-            self.search(
-                q,
-                top_k_hits=top_k_hits,
-                candidates=candidates,
-                rerank=rerank,
-                stage1=stage1,
-                stage1_k=stage1_k,
-                nprobe=nprobe,
-                flt=flt,
-                _batched=batched[i] or None,
-            )
-            for i, q in enumerate(qs)
-        ]
+        outs: list[EngineResult | BaseException] = []
+        for i, q in enumerate(qs):
+            try:
+                outs.append(self._search(q, **params, _batched=batched[i] or None))
+            except Exception as exc:  # noqa: BLE001 - returned to that query's caller
+                outs.append(exc)
+        return outs
 
     def find(self, doc_id: int, ordinal: int) -> tuple[SegmentReader, int] | None:
         """The live segment and position of unit ``(doc_id, ordinal)``."""
@@ -832,6 +910,35 @@ class Snapshot:
             "disk_bytes_per_unit": round(sum(r.file.nbytes for r in self.readers) / n, 1),
             "ram_bytes_per_unit": round(sum(ram.values()) / n, 1),
         }
+
+
+@dataclass(eq=False)  # compared by identity: a query tensor has no truth value
+class _Pending:
+    """A device-path search waiting for its turn or for the batch that answers it."""
+
+    query: torch.Tensor
+    params: dict[str, Any]
+    key: tuple[Any, ...] | None
+    done: bool = False
+    out: EngineResult | BaseException | None = None
+
+    def get(self) -> EngineResult:
+        if isinstance(self.out, BaseException):
+            raise self.out
+        assert self.out is not None
+        return self.out
+
+
+def _batch_key(params: dict[str, Any]) -> tuple[Any, ...] | None:
+    """Searches with equal keys may run as one batch: same knobs, and a filter named by its ``key``
+    (the visible set) alone; None (never batched) for filters by document ids or media."""
+    flt: Filter | None = params["flt"]
+    if flt is not None and (
+        flt.doc_ids is not None or flt.media is not None or flt.visible is not None and flt.key is None
+    ):
+        return None
+    knobs = tuple(params[k] for k in ("top_k_hits", "candidates", "rerank", "stage1", "stage1_k", "nprobe"))
+    return (*knobs, None if flt is None else ("visible", flt.key))
 
 
 # ------------------------------------------------------------------------------------- the engine

@@ -135,6 +135,48 @@ class TestDevicePathOnTheInterpreter:
             per_query = 2 if stage1 == "dense" else 0  # + the reranks
             assert launches["maxsim"] == 2 + 3 * per_query
 
+    def test_concurrent_searches_wait_for_the_running_one_then_run_as_one_batch(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import threading
+        import time
+
+        from patchseek.search.engine import Snapshot
+
+        snap = _build(tmp_path, {}, kernels="triton").snapshot()
+        queries = _queries(4)
+        want = [_hits(snap.search(q, top_k_hits=4)) for q in queries]
+        assert snap.batch_sizes == [1, 1, 1, 1]  # a lone search never waits for company
+        original = Snapshot._many
+        first = threading.Event()
+
+        def first_waits_for_three(self: Snapshot, qs: Any, params: Any) -> Any:
+            if not first.is_set():  # the first search runs only once the three others are queued
+                first.set()
+                deadline = time.monotonic() + 60
+                while len(self._waiting) < 3 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            return original(self, qs, params)
+
+        monkeypatch.setattr(Snapshot, "_many", first_waits_for_three)
+        got: dict[int, Any] = {}
+
+        def run(i: int) -> None:
+            got[i] = _hits(snap.search(queries[i], top_k_hits=4))
+
+        threads = [threading.Thread(target=run, args=(0,), daemon=True)]
+        threads[0].start()
+        first.wait(30)
+        threads += [threading.Thread(target=run, args=(i,), daemon=True) for i in (1, 2, 3)]
+        for t in threads[1:]:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not any(t.is_alive() for t in threads)
+        assert snap.batch_sizes[4:] == [1, 3]
+        for i in range(4):
+            _same(got[i], want[i])
+
     def test_a_tiny_budget_keeps_parts_on_the_cpu_or_fails_clearly(self, tmp_path: Path) -> None:
         pq = {"quantizer": "pq", "pq_m": 4, "pq_opq": False}
         _build(tmp_path, pq)
