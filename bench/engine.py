@@ -13,6 +13,12 @@ collection: publish → searchable, and the query latency around it), bytes per 
 peak RSS and the machine's load.
 
     python bench/engine.py --pages 10000 --queries 30
+    python bench/engine.py --pages 10000 --device cuda --compression '{"quantizer": "pq"}'
+
+``--device cuda`` runs the engine's device path (resident stage-1/2 data, Triton kernels) and adds the
+per-stage p50 times and the brute-force scan's achieved fraction of the peak memory bandwidth (bytes of
+the scanned part / time / ``--peak-gbs``, else the GPU's datasheet figure), beside the CPU figures of a
+``--device cpu`` run.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from synthetic import SyntheticCorpus  # noqa: E402
 
 from patchseek.indexer.compress import CompressionConfig  # noqa: E402
 from patchseek.search.engine import IndexEngine, UnitBatch  # noqa: E402
+
+PEAK_GBS = {"H200": 4800.0, "H100": 3350.0, "A100": 2039.0, "L40S": 864.0, "L4": 300.0, "A10": 600.0}
 
 
 def batch_of(corpus: SyntheticCorpus, start: int, stop: int, doc_base: int = 0) -> UnitBatch:
@@ -82,6 +90,9 @@ def main() -> int:
         help="fit the state once on the whole collection (what the refit rebuild gives) instead of at the "
         "first publish that satisfies the rule",
     )
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto (the engine's device path)")
+    ap.add_argument("--kernels", default="auto", help="auto, torch or triton")
+    ap.add_argument("--peak-gbs", type=float, default=None, help="peak memory bandwidth, GB/s")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     import json
@@ -89,7 +100,11 @@ def main() -> int:
     config = CompressionConfig.from_dict(json.loads(args.compression))
     corpus = SyntheticCorpus(args.pages)
     root = Path(args.workdir or tempfile.mkdtemp(prefix="bench-engine-")) / "v1"
-    engine = IndexEngine(root, corpus.dim, config)
+    engine = IndexEngine(root, corpus.dim, config, device=args.device, kernels=args.kernels)
+    peak = args.peak_gbs
+    if peak is None and engine.plan.device.type == "cuda":
+        name = torch.cuda.get_device_name(engine.plan.device)
+        peak = next((v for k, v in PEAK_GBS.items() if k in name), None)
     index_s = gen_s = 0.0
     for start in range(0, args.pages, args.job_pages):
         t0 = time.perf_counter()
@@ -111,12 +126,18 @@ def main() -> int:
     queries, _ = corpus.queries(args.queries)
     snap.search(queries[0])  # load the dense rows once
     stats = snap.stats()
+    snap.search(queries[0], stage1="exact")  # and the brute-force scan's parts (on the device path)
+    stats = snap.stats()
     lat, lat_exact, recall = [], [], []
+    stage_ms: dict[str, list[float]] = {}
     kind = snap.stage1_kind()
     for i, q in enumerate(queries):
         t0 = time.perf_counter()
-        hits = snap.search(q, top_k_hits=10).hits
+        result = snap.search(q, top_k_hits=10)
+        hits = result.hits
         lat.append((time.perf_counter() - t0) * 1000)
+        for stage, ms in result.timings_ms.items():
+            stage_ms.setdefault(stage, []).append(ms)
         if i >= args.brute_queries:
             continue
         t0 = time.perf_counter()
@@ -170,7 +191,23 @@ def main() -> int:
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     load = os.getloadavg()
     p50, p95 = pct(lat, 50), pct(lat, 95)
+    # The brute-force scan reads every unit's codes (with a codec) or float rows once per query.
+    scanned = stats["disk_bytes"].get("codes") or stats["disk_bytes"].get("vectors", 0)
+    scan_gbs = scanned / (pct(lat_exact, 50) / 1000) / 1e9 if lat_exact else float("nan")
+    device_rows = [
+        ("device", f"{stats['device'] or 'cpu'} (kernels={args.kernels})"),
+        ("device-resident bytes", json.dumps(stats["device_bytes"])),
+        (
+            "p50 per stage (default search)",
+            ", ".join(f"{k} {pct(v, 50):.2f} ms" for k, v in stage_ms.items()),
+        ),
+        (
+            "brute-force scan: GB/s of the scanned part (of peak)",
+            f"{scan_gbs:.2f}" + (f" ({scan_gbs / peak:.0%} of {peak:,.0f} GB/s)" if peak else ""),
+        ),
+    ]
     rows = [
+        *device_rows,
         ("pages", f"{args.pages}"),
         ("compression", config.describe()),
         ("segments after merges", f"{stats['segments']}"),

@@ -12,11 +12,16 @@ compared in the same run with:
 - ``colpali``: colpali-engine's ``BaseVisualRetrieverProcessor.score_multi_vector`` (lists of float16
   page tensors, zero-padded einsum in batches of 128).
 
-Prints a markdown table: ms per query, pages/s, GB/s of document bytes read, speed-up over both.
+- ``flash-maxsim`` (PyPI ``flash-maxsim``, a fused Triton MaxSim), where importable on a CUDA device: the
+  same float16 pages as one padded (n_pages, 1030, 128) batch.
+
+Prints a markdown table: ms per query, pages/s, GB/s of document bytes read, the fraction of the peak
+memory bandwidth those bytes are (bytes touched / time / peak: ``--peak-gbs``, else the datasheet figure
+of the GPU by name, else, on the CPU, a measured large-copy bandwidth), speed-up over the baselines.
 
     python bench/kernels.py                       # 10^3 and 10^4 pages, CPU
     python bench/kernels.py --pages 100000        # also 10^5 pages (compressed codecs only: fp16 is 26 GB)
-    python bench/kernels.py --device cuda         # Triton kernels (backend="auto")
+    python bench/kernels.py --device cuda --sizes 100000   # Triton kernels on a GPU (fp16 fits there)
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ from patchseek.kernels import binary_maxsim, code_maxsim, hamming_maxsim, maxsim
 
 PATCHES, DIM = 1030, 128
 FP16_PAGE_LIMIT = 20_000  # float16 pages above this would not fit in RAM next to everything else
+# Datasheet peak memory bandwidth (GB/s) by GPU name fragment; --peak-gbs overrides.
+PEAK_GBS = {"H200": 4800.0, "H100": 3350.0, "A100": 2039.0, "L40S": 864.0, "L4": 300.0, "A10": 600.0}
 
 
 @dataclass
@@ -60,18 +67,62 @@ def timed_once(fn: Callable[[], object], device: torch.device) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
+def _gen_on(device: torch.device, gen: torch.Generator) -> tuple[torch.Generator, torch.device]:
+    """Draw on the GPU itself there (10^5 pages of randn on the host would take minutes)."""
+    if device.type == "cuda":
+        return torch.Generator(device=device).manual_seed(int(gen.initial_seed())), device
+    return gen, torch.device("cpu")
+
+
 def random_pages_fp16(n_pages: int, gen: torch.Generator, device: torch.device) -> Tensor:
     """(n_pages * PATCHES, DIM) float16 unit vectors, generated in slices to bound peak memory."""
     out = torch.empty(n_pages * PATCHES, DIM, dtype=torch.float16, device=device)
+    g, where = _gen_on(device, gen)
     step = 256 * PATCHES
     for p0 in range(0, out.shape[0], step):
-        block = torch.randn(min(step, out.shape[0] - p0), DIM, generator=gen)
+        block = torch.randn(min(step, out.shape[0] - p0), DIM, generator=g, device=where)
         out[p0 : p0 + block.shape[0]] = F.normalize(block, dim=1).to(device, torch.float16)
     return out
 
 
 def random_bytes(n: int, width: int, gen: torch.Generator, device: torch.device) -> Tensor:
-    return torch.randint(0, 256, (n, width), generator=gen, dtype=torch.uint8).to(device)
+    g, where = _gen_on(device, gen)
+    return torch.randint(0, 256, (n, width), generator=g, dtype=torch.uint8, device=where).to(device)
+
+
+def peak_gbs(device: torch.device, override: float | None) -> tuple[float, str]:
+    """Peak memory bandwidth in GB/s and where the figure comes from."""
+    if override:
+        return override, "--peak-gbs"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, gbs in PEAK_GBS.items():
+            if key in name:
+                return gbs, f"{name} datasheet"
+        return float("nan"), f"{name}: unknown, pass --peak-gbs"
+    src = torch.empty(1 << 28, dtype=torch.uint8)  # 256 MiB, far past the caches
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        dst.copy_(src)
+        times.append(time.perf_counter() - start)
+    return 2 * src.numel() / min(times) / 1e9, "measured host copy (read + write)"
+
+
+def flash_maxsim_scorer() -> Callable[[Tensor, Tensor], Tensor] | None:
+    """flash-maxsim's fused kernel on padded (n_pages, PATCHES, DIM) float16 pages, where importable."""
+    try:
+        from flash_maxsim import flash_maxsim
+    except Exception as exc:  # optional (GPU only): the table says why the row is missing
+        print(f"flash-maxsim unavailable ({exc!r}); its row is left out", file=sys.stderr)
+        return None
+
+    def score(q: Tensor, pages: Tensor) -> Tensor:
+        return flash_maxsim(q.half(), pages.view(-1, PATCHES, DIM))
+
+    return score
 
 
 def einsum_baseline(q: Tensor, pages: Tensor, batch: int = 1000) -> Tensor:
@@ -121,7 +172,11 @@ def bench_size(n_pages: int, args: argparse.Namespace, device: torch.device) -> 
     q = F.normalize(torch.randn(n_q, DIM, generator=gen), dim=1).to(device)  # (n_q, DIM)
     cases: list[Case] = []
 
-    if n_pages <= FP16_PAGE_LIMIT:
+    fp16_limit = FP16_PAGE_LIMIT
+    if device.type == "cuda":  # the fp16 pages, an int8 and (unless --no-fp32) an fp32 copy on the GPU
+        per_page = PATCHES * DIM * (2 + 1 + (0 if args.no_fp32 else 4))
+        fp16_limit = int(0.7 * torch.cuda.mem_get_info(device)[0] / per_page)
+    if n_pages <= fp16_limit:
         pages = random_pages_fp16(n_pages, gen, device)  # (n, DIM) float16
         fp16_bytes = PATCHES * DIM * 2
         score = None if args.no_colpali else colpali_scorer()
@@ -136,6 +191,9 @@ def bench_size(n_pages: int, args: argparse.Namespace, device: torch.device) -> 
                 )
             )
         cases.append(Case("einsum fp16", fp16_bytes, lambda: einsum_baseline(q, pages)))
+        flash = flash_maxsim_scorer() if device.type == "cuda" else None
+        if flash is not None:
+            cases.append(Case("flash-maxsim fp16", fp16_bytes, lambda: flash(q, pages)))
         if not args.no_fp32:
             pages32 = pages.float()  # (n, DIM) float32
             cases.append(Case("einsum fp32", PATCHES * DIM * 4, lambda: einsum_baseline(q, pages32)))
@@ -150,7 +208,7 @@ def bench_size(n_pages: int, args: argparse.Namespace, device: torch.device) -> 
                 args.batch,
             )
         )
-        int8 = (pages.float() * 127).round().to(torch.int8)  # (n, DIM): unit vectors, so |x| <= 1
+        int8 = (pages * 127).round().to(torch.int8)  # (n, DIM): unit vectors, so |x| <= 1 (fp16 temp)
         scales = torch.full((n,), 1 / 127, device=device)
         cases.append(
             Case("maxsim int8 + scale", PATCHES * (DIM + 4), lambda: maxsim(q, int8, offsets, scales=scales))
@@ -192,11 +250,11 @@ def bench_size(n_pages: int, args: argparse.Namespace, device: torch.device) -> 
     return rows
 
 
-def markdown(rows: list[Row]) -> str:
+def markdown(rows: list[Row], peak: float) -> str:
     lines = [
-        "| pages | score | bytes/page | ms/query | pages/s | GB/s read "
-        "| vs einsum fp16 | vs einsum fp32 | vs colpali |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| pages | score | bytes/page | ms/query | pages/s | GB/s read | of peak "
+        "| vs einsum fp16 | vs einsum fp32 | vs colpali | vs flash-maxsim |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def ratio(base: float | None, ms: float) -> str:
@@ -208,11 +266,12 @@ def markdown(rows: list[Row]) -> str:
         colpali = next((r.ms for r in group if r.name.startswith("colpali")), None)
         for r in group:
             pages_s = size / (r.ms / 1e3)
-            gbs = size * r.bytes_per_page / (r.ms / 1e3) / 1e9
+            gbs = size * r.bytes_per_page / (r.ms / 1e3) / 1e9  # bytes touched: the documents' bytes
             lines.append(
                 f"| {size:,} | {r.name} | {r.bytes_per_page:,} | {r.ms:.2f} | {pages_s:,.0f} | {gbs:.2f} "
+                f"| {gbs / peak:.0%} "
                 f"| {ratio(ref.get('einsum fp16'), r.ms)} | {ratio(ref.get('einsum fp32'), r.ms)} "
-                f"| {ratio(colpali, r.ms)} |"
+                f"| {ratio(colpali, r.ms)} | {ratio(ref.get('flash-maxsim fp16'), r.ms)} |"
             )
     return "\n".join(lines)
 
@@ -225,6 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=8, help="queries per call in the batched row")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--peak-gbs", type=float, default=None, help="peak memory bandwidth, GB/s")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--no-colpali", action="store_true")
     parser.add_argument("--no-fp32", action="store_true")
@@ -232,12 +292,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    peak, source = peak_gbs(device, args.peak_gbs)
     print(
         f"<!-- {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} torch threads, device {device}, {args.query_tokens} query tokens -->"
+        f"{torch.get_num_threads()} torch threads, device {device}, {args.query_tokens} query tokens, "
+        f"peak {peak:,.0f} GB/s ({source}) -->"
     )
     for i, size in enumerate(sorted({*args.sizes, *args.pages})):
-        table = markdown(bench_size(size, args, device))
+        table = markdown(bench_size(size, args, device), peak)
         print(table if i == 0 else "\n".join(table.splitlines()[2:]), flush=True)  # one table, row by row
 
 

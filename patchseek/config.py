@@ -21,7 +21,21 @@ class Settings(BaseSettings):
     encoder_revision: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    batch_size: int = Field(default=4, ge=1)
+    batch_size: int = Field(
+        default=0, ge=0, description="pages per encoder batch; 0: from free device memory on CUDA, 4 on CPU"
+    )
+    kernels: Literal["auto", "torch", "triton"] = Field(
+        default="auto",
+        description="scoring kernels: 'auto' (Triton on CUDA), 'torch', or 'triton' (also on the CPU, "
+        "under TRITON_INTERPRET=1: the device path with CPU tensors, for tests)",
+    )
+    device_memory_bytes: int | None = Field(
+        default=None, ge=0, description="device budget of resident index data; unset: free CUDA memory"
+    )
+    device_fallback: Literal["cpu", "error"] = Field(
+        default="cpu",
+        description="index data that does not fit the device budget: stays on the CPU, or error",
+    )
     max_image_pixels: int = Field(default=1024 * 1024, description="encoder input resolution cap")
 
     # sources

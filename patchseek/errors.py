@@ -65,6 +65,12 @@ class KernelUnavailableError(PatchseekError):
     code, status_code = "kernel_unavailable", 500
 
 
+class DeviceMemoryError(PatchseekError):
+    """Index data does not fit the device-memory budget and ``PATCHSEEK_DEVICE_FALLBACK=error``."""
+
+    code, status_code = "device_memory", 503
+
+
 class MissingDependencyError(PatchseekError):
     code, status_code = "missing_dependency", 500
 

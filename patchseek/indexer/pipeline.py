@@ -78,15 +78,16 @@ def encode_document(
             done = len(rows) + done_in_batch
             progress(done, max(done, units.expected or 0))
 
+    salience = compression.prune != "none"  # only pruning reads salience: the encoder may skip it
     if progress is not None:
         progress(0, units.expected or 0)
     for unit in units:
         batch.append(unit)
         if len(batch) >= max(1, batch_size):
-            _encode_batch(encoder, batch, rows, bags, blobs, thumbnail_size, encoded)
+            _encode_batch(encoder, batch, rows, bags, blobs, thumbnail_size, encoded, salience)
             batch = []
     if batch:
-        _encode_batch(encoder, batch, rows, bags, blobs, thumbnail_size, encoded)
+        _encode_batch(encoder, batch, rows, bags, blobs, thumbnail_size, encoded, salience)
     if not rows:
         raise InvalidInputError("the file has no pages or frames")
     rows, bags = compress_units(compression, media_type, rows, bags)
@@ -101,9 +102,12 @@ def _encode_batch(
     blobs: BlobStore,
     thumbnail_size: int,
     encoded: Callable[[int], None],
+    salience: bool = True,
 ) -> None:
     for unit, bag in zip(
-        batch, encoder.encode_units(batch, progress=lambda done, _total: encoded(done)), strict=True
+        batch,
+        encoder.encode_units(batch, progress=lambda done, _total: encoded(done), salience=salience),
+        strict=True,
     ):
         rows.append(
             {

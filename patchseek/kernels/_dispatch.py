@@ -12,12 +12,22 @@ implementation to run:
 Triton turns ``@triton.jit`` functions into interpreted ones only if ``TRITON_INTERPRET=1`` is set
 when they are *defined*, so the variable is read once, at import, together with whether Triton is
 importable at all. Kernel modules define their kernels only when :data:`HAS_TRITON` is true.
+
+Every launcher records its launch in a process-wide counter (:func:`count_launches`), so a test can
+assert that a search ran each stage through a Triton kernel. Launch settings (block sizes, warps,
+pipeline stages) come from :func:`tune_configs`: ``triton.autotune`` picks among a small set on the first
+launch of each shape class on a GPU; under the interpreter, or with ``PATCHSEEK_AUTOTUNE=0``, only the
+first (default) configuration is used and nothing is benchmarked.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Literal, get_args
+import threading
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal, get_args
 
 import torch
 
@@ -35,6 +45,53 @@ except ImportError:  # Triton is optional: the torch references cover every kern
     HAS_TRITON = False
 else:
     HAS_TRITON = True
+
+AUTOTUNE: bool = os.environ.get("PATCHSEEK_AUTOTUNE", "1").strip().lower() not in {"0", "false", "no", "off"}
+
+_launches: Counter[str] = Counter()
+_launch_lock = threading.Lock()
+
+
+def record_launch(kernel: str) -> None:
+    """Count one launch of ``kernel`` (called by every Triton launcher)."""
+    with _launch_lock:
+        _launches[kernel] += 1
+
+
+def launch_counts() -> dict[str, int]:
+    """Triton launches per kernel since the process started."""
+    with _launch_lock:
+        return dict(_launches)
+
+
+@contextmanager
+def count_launches() -> Iterator[Counter[str]]:
+    """Launches per kernel made while the block runs (every thread's), filled in when it exits.
+
+    >>> with count_launches() as n:
+    ...     pass
+    >>> dict(n)
+    {}
+    """
+    before = launch_counts()
+    out: Counter[str] = Counter()
+    try:
+        yield out
+    finally:
+        after = launch_counts()
+        out.update({k: v - before.get(k, 0) for k, v in after.items() if v > before.get(k, 0)})
+
+
+def tune_configs(settings: Sequence[tuple[dict[str, int], int, int]]) -> list[Any]:
+    """``triton.Config`` objects for ``triton.autotune`` from ``(constexprs, num_warps, num_stages)``.
+
+    The first entry is the default: the only one under the interpreter or with
+    ``PATCHSEEK_AUTOTUNE=0`` (a single configuration is never benchmarked).
+    """
+    import triton
+
+    chosen = settings if AUTOTUNE and not INTERPRET else settings[:1]
+    return [triton.Config(dict(kw), num_warps=w, num_stages=s) for kw, w, s in chosen]
 
 
 def triton_runnable(

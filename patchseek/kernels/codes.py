@@ -33,7 +33,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from patchseek.errors import InvalidInputError
-from patchseek.kernels._dispatch import HAS_TRITON, Backend, require_triton, use_triton
+from patchseek.kernels._dispatch import (
+    HAS_TRITON,
+    Backend,
+    record_launch,
+    require_triton,
+    tune_configs,
+    use_triton,
+)
 from patchseek.kernels._segments import check_offsets, chunk_size, token_maxima
 
 if HAS_TRITON:  # optional: the torch references need no Triton
@@ -42,6 +49,14 @@ if HAS_TRITON:  # optional: the torch references need no Triton
 
 BLOCK_P = 64
 MAX_BLOCK_Q = 64
+# (constexprs, num_warps, num_stages) tried by triton.autotune on a GPU; the first is the default.
+TUNE = (
+    ({"BLOCK_P": BLOCK_P}, 4, 1),
+    ({"BLOCK_P": 32}, 2, 1),
+    ({"BLOCK_P": 64}, 8, 2),
+    ({"BLOCK_P": 128}, 4, 2),
+    ({"BLOCK_P": 128}, 8, 2),
+)
 
 CODE_DTYPES = {torch.uint8: 8, torch.int16: 16, torch.int32: 32, torch.int64: 64}
 _NIBBLE_HI = torch.arange(256) >> 4  # (256,)
@@ -151,6 +166,7 @@ if HAS_TRITON:
             c = c & 0xFFFFFFFF
         return c
 
+    @triton.autotune(configs=tune_configs(TUNE), key=["n_sub", "CODE_BITS", "BLOCK_Q"])
     @triton.jit
     def _code_maxsim_kernel(
         lut_ptr,  # (n_tokens, M, K) float32; M = 1 for k-means codes
@@ -184,6 +200,7 @@ if HAS_TRITON:
         best = tl.where(end > start, best, 0.0)
         tl.store(out_ptr + doc * n_tokens + rq, best, mask=q_in)
 
+    @triton.autotune(configs=tune_configs(TUNE), key=["n_bytes", "BLOCK_Q"])
     @triton.jit
     def _sdc_maxsim_kernel(
         q_ptr,  # (n_tokens, n_bytes) uint8
@@ -248,8 +265,8 @@ def code_maxsim_triton(lut: Tensor, codes: Tensor, offsets: Tensor) -> Tensor:
             n_centroids,
             CODE_BITS=CODE_DTYPES[codes.dtype],
             BLOCK_Q=block_q,
-            BLOCK_P=BLOCK_P,
         )
+        record_launch("code_maxsim")
     return out.sum(dim=1)
 
 
@@ -274,8 +291,8 @@ def sdc_maxsim_triton(q_codes: Tensor, doc_codes: Tensor, offsets: Tensor, table
             n_q,
             n_bytes,
             BLOCK_Q=block_q,
-            BLOCK_P=BLOCK_P,
         )
+        record_launch("sdc_maxsim")
     return out.sum(dim=1)
 
 

@@ -41,7 +41,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from patchseek.errors import InvalidInputError
-from patchseek.kernels._dispatch import HAS_TRITON, INTERPRET, Backend, require_triton, use_triton
+from patchseek.kernels._dispatch import (
+    HAS_TRITON,
+    INTERPRET,
+    Backend,
+    record_launch,
+    require_triton,
+    tune_configs,
+    use_triton,
+)
 from patchseek.kernels._segments import check_offsets, chunk_size, token_maxima
 
 if HAS_TRITON:  # optional: the torch references need no Triton
@@ -50,6 +58,14 @@ if HAS_TRITON:  # optional: the torch references need no Triton
 
 BLOCK_P = 64
 MAX_BLOCK_Q = 64
+# (constexprs, num_warps, num_stages) tried by triton.autotune on a GPU; the first is the default.
+TUNE = (
+    ({"BLOCK_P": BLOCK_P}, 4, 1),
+    ({"BLOCK_P": 32}, 2, 1),
+    ({"BLOCK_P": 64}, 8, 2),
+    ({"BLOCK_P": 128}, 4, 2),
+    ({"BLOCK_P": 128}, 8, 3),
+)
 
 _BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)  # bitorder="big"
 _BYTE_VALUES = torch.arange(256, dtype=torch.int64)
@@ -189,6 +205,7 @@ if HAS_TRITON:
         u = (u + (u >> 4)) & 0x0F0F0F0F
         return ((u * 0x01010101) >> 24).to(tl.int32)
 
+    @triton.autotune(configs=tune_configs(TUNE), key=["N_WORDS", "BLOCK_Q"])
     @triton.jit
     def _hamming_maxsim_kernel(
         q_ptr,  # (n_tokens, N_WORDS) int32
@@ -226,6 +243,7 @@ if HAS_TRITON:
         best = tl.where(end > start, best, 0.0)
         tl.store(out_ptr + doc * n_tokens + rq, best, mask=q_in)
 
+    @triton.autotune(configs=tune_configs(TUNE), key=["dim", "BLOCK_Q"])
     @triton.jit
     def _binary_maxsim_kernel(
         q_ptr,  # (n_tokens, dim) float32
@@ -299,8 +317,8 @@ def hamming_maxsim_triton(q_bits: Tensor, doc_bits: Tensor, offsets: Tensor, *, 
             N_WORDS=q_words.shape[1],
             USE_POPC=not INTERPRET and doc_bits.device.type == "cuda",
             BLOCK_Q=block_q,
-            BLOCK_P=BLOCK_P,
         )
+        record_launch("hamming_maxsim")
     return out.sum(dim=1)
 
 
@@ -329,9 +347,9 @@ def binary_maxsim_triton(q: Tensor, doc_bits: Tensor, offsets: Tensor) -> Tensor
             qf.stride(0),
             INPUT_PRECISION="ieee" if interpreted else "tf32x3",
             BLOCK_Q=block_q,
-            BLOCK_P=BLOCK_P,
             BLOCK_D=max(16, triton.next_power_of_2(dim)),
         )
+        record_launch("binary_maxsim")
     return out.sum(dim=1)
 
 

@@ -52,7 +52,15 @@ import torch
 from torch import Tensor
 
 from patchseek.errors import InvalidInputError
-from patchseek.kernels._dispatch import HAS_TRITON, INTERPRET, Backend, require_triton, use_triton
+from patchseek.kernels._dispatch import (
+    HAS_TRITON,
+    INTERPRET,
+    Backend,
+    record_launch,
+    require_triton,
+    tune_configs,
+    use_triton,
+)
 from patchseek.kernels._segments import check_offsets, chunk_size, token_maxima
 
 if HAS_TRITON:  # optional: the torch references need no Triton
@@ -66,6 +74,15 @@ DOC_DTYPES = (*FLOAT_DTYPES, torch.int8)
 # document tile, which is read once from HBM.
 MAX_BLOCK_Q = 128
 BLOCK_P = 64
+# (constexprs, num_warps, num_stages) tried by triton.autotune on a GPU; the first is the default.
+TUNE = (
+    ({"BLOCK_P": BLOCK_P}, 4, 2),
+    ({"BLOCK_P": 64}, 4, 3),
+    ({"BLOCK_P": 64}, 8, 3),
+    ({"BLOCK_P": 128}, 8, 3),
+    ({"BLOCK_P": 128}, 4, 4),
+    ({"BLOCK_P": 32}, 4, 2),
+)
 
 
 @dataclass(frozen=True)
@@ -161,6 +178,7 @@ def maxsim_reference(
 
 if HAS_TRITON:
 
+    @triton.autotune(configs=tune_configs(TUNE), key=["dim", "BLOCK_Q", "HAS_SCALES", "DOT_FP32"])
     @triton.jit
     def _maxsim_kernel(
         q_ptr,  # (n_tokens, dim) compute dtype
@@ -252,9 +270,9 @@ def maxsim_triton(
             DOT_FP32=dot_fp32,
             INPUT_PRECISION=precision,
             BLOCK_Q=block_q,
-            BLOCK_P=BLOCK_P,
             BLOCK_D=max(16, triton.next_power_of_2(dim)),
         )
+        record_launch("maxsim")
     return toks.sum(out)
 
 

@@ -190,6 +190,7 @@ class FaissCandidateGenerator(CandidateGenerator):
         # of list entry j; known when built by ``from_assignments``, needed by ``use_entry_vectors``.
         self.list_entries = None if list_entries is None else np.asarray(list_entries, dtype=np.int64)
         self.entry_vectors: np.ndarray | None = None  # (nnz,) unit-major rows, see use_entry_vectors
+        self.device_centroids: torch.Tensor | None = None  # (K, dim) on a device, see use_device
         index = faiss.IndexFlatIP(self.centroids.shape[1])
         index.add(self.centroids)
         self.on_gpu = False
@@ -408,14 +409,26 @@ class FaissCandidateGenerator(CandidateGenerator):
     def _impl(self, query: torch.Tensor, k: int, mask: np.ndarray | None) -> Candidates:
         return self.search(query, k, mask=mask)
 
+    def use_device(self, device: torch.device | str) -> None:
+        """Run the centroid search on ``device`` by a torch matmul, unless faiss-gpu already runs it."""
+        if not self.on_gpu:
+            self.device_centroids = torch.from_numpy(self.centroids).to(device)  # (K, dim)
+
+    def probe(self, query: torch.Tensor, probes: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``probes`` best centroids of each query token: sims (n_q, probes) float32, ids int64."""
+        if self.device_centroids is not None:
+            sims = query.to(self.device_centroids) @ self.device_centroids.T  # (n_q, K)
+            top = sims.topk(probes, dim=1)
+            return top.values.cpu().numpy(), top.indices.cpu().numpy()
+        return self.index.search(np.ascontiguousarray(query.numpy(), dtype=np.float32), probes)
+
     def search(
         self, query: torch.Tensor, k: int, *, mask: np.ndarray | None = None, nprobe: int | None = None
     ) -> Candidates:
         """``candidates`` with an optional per-call ``nprobe`` (query validated by the caller)."""
         n_q = int(query.shape[0])
         probes = min(int(nprobe or self.nprobe), self.centroids.shape[0])
-        sims, ids = self.index.search(np.ascontiguousarray(query.numpy(), dtype=np.float32), probes)
-        # sims, ids (n_q, probes), each row best first
+        sims, ids = self.probe(query, probes)  # (n_q, probes) each, each row best first
         starts = self.list_offsets[ids].ravel()  # (n_q·probes,)
         lengths = (self.list_offsets[ids + 1].ravel() - starts).astype(np.int64)
         total = int(lengths.sum())

@@ -32,6 +32,7 @@ import logging
 import threading
 import time
 import uuid
+import weakref
 import zlib
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ import torch
 
 from patchseek.errors import InvalidInputError
 from patchseek.indexer.compress import CompressionConfig, Compressor, KMeansQuantizer
+from patchseek.indexer.compress.base import as_code_tensor
 from patchseek.kernels import maxsim
 from patchseek.search.base import top_k
 from patchseek.search.candidates import (
@@ -54,6 +56,7 @@ from patchseek.search.candidates import (
     pool_by_centroid,
 )
 from patchseek.search.dense import DEFAULT_ROWS, DENSE_MAX_UNITS, DenseCandidateGenerator, summarize_units
+from patchseek.search.device import DevicePlan, budget_for
 from patchseek.search.files import IndexFiles
 from patchseek.search.manifest import Manifest, fit_lock
 from patchseek.search.segments import SegmentFile, new_segment_name
@@ -72,6 +75,8 @@ MERGE_FACTOR = 10  # tiered merges: this many segments of one size tier become o
 # rewrites it). Lucene's TieredMergePolicy caps merged segments the same way (5 GB by default).
 MAX_SEGMENT_ROWS = 1 << 22
 EXACT_CHUNK_ROWS = 1 << 19  # rows scored per exact MaxSim call: bounds a query's memory (~128 MiB fp16)
+RESIDENT_COPY_BYTES = 64 << 20  # a part is copied to the device in slices of this size (bounded host copy)
+COALESCE_MAX = 32  # concurrent device-path searches answered by one search_many at most
 MEDIA_CODES = {"pdf": 0, "image": 1, "video": 2}
 
 UNIT_PARTS = ("doc_ids", "ordinals", "media", "dense")
@@ -283,6 +288,8 @@ class SegmentReader:
         self.dim = int(file.meta["dim"])
         self._dense: DenseCandidateGenerator | None = None
         self._faiss: FaissCandidateGenerator | None = None
+        self._resident: dict[str, torch.Tensor | None] = {}
+        self._dense_offsets: torch.Tensor | None = None
         self._lock = threading.Lock()
 
     @property
@@ -301,9 +308,12 @@ class SegmentReader:
         """Row positions (n_rows,) of ``units`` (k,) and their packed offsets (k + 1,)."""
         return unit_rows(self.offsets, units)
 
-    def exact(self, q: torch.Tensor, units: np.ndarray) -> np.ndarray:
+    def exact(self, q: torch.Tensor, units: np.ndarray, plan: DevicePlan | None = None) -> np.ndarray:
         """Exact MaxSim (k,) of query (n_q, dim) on the kept rows of ``units`` (k,), in runs of units of
-        at most ``EXACT_CHUNK_ROWS`` rows (a brute-force scan of a large segment never copies it whole)."""
+        at most ``EXACT_CHUNK_ROWS`` rows (a brute-force scan of a large segment never copies it whole).
+
+        On the device path (``plan.resident``) the rows come from the resident float rows (codec-less
+        collections) or are gathered from the memory map into a pinned buffer, and the device scores."""
         if self.vectors is None and (self.vectors_i8 is None or self.scales is None):
             raise InvalidInputError(
                 "this index keeps no rerank vectors (keep='none'); search with rerank=false"
@@ -315,27 +325,115 @@ class SegmentReader:
         while start < units.size:
             base = ends[start - 1] if start else 0
             stop = max(start + 1, int(np.searchsorted(ends, base + EXACT_CHUNK_ROWS, side="right")))
-            out[start:stop] = self._exact_run(q, units[start:stop])
+            out[start:stop] = self._exact_run(q, units[start:stop], plan)
             start = stop
         return out
 
-    def _exact_run(self, q: torch.Tensor, units: np.ndarray) -> np.ndarray:
+    def _exact_run(self, q: torch.Tensor, units: np.ndarray, plan: DevicePlan | None) -> np.ndarray:
         rows, sub = self.rows_of(units)
         offsets = torch.from_numpy(sub)
+        if plan is not None and plan.resident:
+            return self._exact_on_device(q, rows, offsets, plan)
+        backend = "auto" if plan is None else plan.backend
         if self.vectors is not None:
             docs = torch.from_numpy(np.ascontiguousarray(self.vectors[rows]))  # (n_rows, dim) float16
-            return maxsim(q, docs, offsets).numpy()
+            return maxsim(q, docs, offsets, backend=backend).numpy()
         assert self.vectors_i8 is not None and self.scales is not None
         docs = torch.from_numpy(np.ascontiguousarray(self.vectors_i8[rows]))  # (n_rows, dim) int8
         scales = torch.from_numpy(np.ascontiguousarray(self.scales[rows]))  # (n_rows,) float32
-        return maxsim(q, docs, offsets, scales=scales).numpy()
+        return maxsim(q, docs, offsets, scales=scales, backend=backend).numpy()
 
-    def approximate(self, q: torch.Tensor, units: np.ndarray, codec: Compressor) -> np.ndarray:
-        """The codec's stage-2 scores (k,) of ``units`` (k,) from their codes."""
+    def _exact_on_device(
+        self, q: torch.Tensor, rows: np.ndarray, offsets: torch.Tensor, plan: DevicePlan
+    ) -> np.ndarray:
+        resident = self.resident("vectors", plan) if self.codes is None else None
+        scales = None
+        if resident is not None:
+            docs = resident.index_select(0, torch.from_numpy(rows).to(plan.device))  # (n_rows, dim) fp16
+        elif self.vectors is not None:
+            docs = _gather_pinned(self.vectors, rows, plan)  # (n_rows, dim) float16
+        else:
+            assert self.vectors_i8 is not None and self.scales is not None
+            docs = _gather_pinned(self.vectors_i8, rows, plan)  # (n_rows, dim) int8
+            scales = _gather_pinned(self.scales, rows, plan)  # (n_rows,) float32
+        out = maxsim(q.to(docs.device), docs, offsets, scales=scales, backend=plan.backend)
+        return out.cpu().numpy()
+
+    def approximate(
+        self, q: torch.Tensor, units: np.ndarray, codec: Compressor, plan: DevicePlan | None = None
+    ) -> np.ndarray:
+        """The codec's stage-2 scores (k,) of ``units`` (k,) from their codes (the device's resident
+        codes on the device path)."""
         assert self.codes is not None
         rows, sub = self.rows_of(units)
+        backend = "auto" if plan is None else plan.backend
+        if plan is not None and plan.resident:
+            resident = self.resident("codes", plan)
+            if resident is not None:
+                codes_t = resident.index_select(0, torch.from_numpy(rows).to(plan.device))  # (n_rows, ...)
+                return codec.quantizer.score(q, codes_t, sub, backend=backend).cpu().numpy()
+            backend = "auto"  # the codes did not fit the device: the CPU kernels score them
         codes = np.ascontiguousarray(self.codes[rows])  # (n_rows, ...) the candidates' codes only
-        return codec.quantizer.score(q, codes, sub).numpy()
+        return codec.quantizer.score(q, codes, sub, backend=backend).numpy()
+
+    def resident(self, part: str, plan: DevicePlan) -> torch.Tensor | None:
+        """Part ``part`` (``"codes"``, ``"dense"`` rows flattened to (n_units·R, dim), or the float
+        ``"vectors"``) as a tensor on ``plan.device``, copied once and charged to the device budget;
+        None when the segment has no such part or it did not fit (the CPU then serves it)."""
+        with self._lock:
+            if part in self._resident:
+                return self._resident[part]
+            src = {"codes": self.codes, "dense": self.dense_rows, "vectors": self.vectors}[part]
+            t = None
+            if src is not None:
+                nbytes = int(src.nbytes)
+                budget = budget_for(plan)
+                if budget.charge(nbytes, f"segment {self.name}'s {part}", plan.fallback):
+                    arr = src.reshape(-1, src.shape[-1]) if part == "dense" else src
+                    t = _copy_to(arr, plan.device, codes=part == "codes")
+                    weakref.finalize(self, budget.release, nbytes)
+            self._resident[part] = t
+            return t
+
+    def dense_on_device(
+        self, q: torch.Tensor, k: int, mask: np.ndarray, plan: DevicePlan
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Stage 1 by the dense scan on the device: MaxSim of query (n_q, dim) (or a batch (B, n_q,
+        dim) with ``q_mask``) on the resident summary rows; the ``k`` best allowed units and their scores."""
+        scores = self.dense_scores(q, plan)
+        units = np.flatnonzero(mask)
+        if units.size == 0:
+            return units, np.zeros(0, np.float32)
+        return top_k(scores[units], units, k)
+
+    def dense_scores(
+        self, q: torch.Tensor, plan: DevicePlan, q_mask: torch.Tensor | None = None
+    ) -> np.ndarray:
+        """MaxSim of every unit's summary rows: (n_units,) or, for a batch q (B, n_q, dim), (B, n_units)."""
+        rows = self.resident("dense", plan)
+        if rows is None:  # did not fit: the CPU scan
+            if q.dim() == 3:
+                return np.stack(
+                    [
+                        self.dense_scores(q[b][q_mask[b]] if q_mask is not None else q[b], plan)
+                        for b in range(q.shape[0])
+                    ]
+                )
+            return self.dense("cpu").scores(q).numpy()
+        assert self.dense_rows is not None
+        if self._dense_offsets is None:
+            self._dense_offsets = torch.arange(self.n_units + 1, dtype=torch.int64) * self.dense_rows.shape[1]
+        out = maxsim(q.to(rows.device), rows, self._dense_offsets, q_mask=q_mask, backend=plan.backend)
+        return out.cpu().numpy()
+
+    def exact_all(self, q: torch.Tensor, q_mask: torch.Tensor, plan: DevicePlan) -> np.ndarray | None:
+        """Exact MaxSim of a batch of queries (B, n_q, dim) on every unit from the resident float rows in
+        one launch: (B, n_units); None when the rows are not resident."""
+        rows = self.resident("vectors", plan) if self.codes is None else None
+        if rows is None:
+            return None
+        offsets = torch.from_numpy(np.array(self.offsets, dtype=np.int64))  # (n_units + 1,)
+        return maxsim(q.to(rows.device), rows, offsets, q_mask=q_mask, backend=plan.backend).cpu().numpy()
 
     def dense(self, device: str) -> DenseCandidateGenerator:
         with self._lock:
@@ -345,7 +443,15 @@ class SegmentReader:
                 self._dense = DenseCandidateGenerator(rows, self.lengths > 0, device=device)
             return self._dense
 
-    def faiss(self, state: FittedState) -> FaissCandidateGenerator:
+    def faiss(self, state: FittedState, plan: DevicePlan | None = None) -> FaissCandidateGenerator:
+        """The segment's inverted lists; on the device path their centroid search runs on the device
+        (faiss-gpu where installed, else a torch matmul there)."""
+        gen = self._faiss_lists(state)
+        if plan is not None and plan.resident and gen.device_centroids is None:
+            gen.use_device(plan.device)
+        return gen
+
+    def _faiss_lists(self, state: FittedState) -> FaissCandidateGenerator:
         with self._lock:
             if self._faiss is None:
                 centroids = state.centroids
@@ -369,6 +475,11 @@ class SegmentReader:
         if self._faiss is not None:
             out["ivf_lists"] = self._faiss.nbytes
         return out
+
+    @property
+    def device_bytes(self) -> dict[str, int]:
+        """Bytes of each part resident on the device path's device."""
+        return {k: int(t.element_size() * t.nelement()) for k, t in self._resident.items() if t is not None}
 
 
 # ----------------------------------------------------------------------------------- snapshots
@@ -466,6 +577,7 @@ class Snapshot:
         *,
         positions: Sequence[int] | np.ndarray | None = None,
         whole: Snapshot | None = None,
+        plan: DevicePlan | None = None,
     ) -> None:
         self.manifest = manifest
         self.readers = readers
@@ -479,12 +591,18 @@ class Snapshot:
             else np.asarray(positions, dtype=np.int64)
         )
         self.whole = whole
+        self.plan = plan
         self.deleted = [
             np.isin(r.doc_ids, np.asarray(manifest.tombstones.get(r.name, ()), dtype=np.int64))
             for r in readers
         ]
         self._visible_cache: tuple[Any, list[np.ndarray]] | None = None
         self._lock = threading.Lock()
+        # device path: searches that arrive while one runs wait, then run together (``_coalesced``)
+        self._turn = threading.Condition()
+        self._waiting: list[_Pending] = []
+        self._leading = False
+        self.batch_sizes: list[int] = []  # sizes of the coalesced batches run so far
 
     @property
     def generation(self) -> int:
@@ -543,6 +661,7 @@ class Snapshot:
             self.device,
             positions=self.positions[picks],
             whole=self,
+            plan=self.plan,
         )
 
     def stage1_kind(self, requested: str = "auto") -> str:
@@ -594,6 +713,71 @@ class Snapshot:
         """The three stages over every segment; per-segment candidates merge by score (stage-1/2 scores
         of one fitted state, and exact MaxSim, are comparable across segments).
 
+        On the device path, searches of this snapshot that arrive while one is running wait for it and
+        then run together through ``search_many`` (one launch per whole-segment scan for all of them),
+        when their parameters and filters agree (a filter by document ids or media runs alone). A lone
+        search never waits.
+        """
+        params: dict[str, Any] = {
+            "top_k_hits": top_k_hits,
+            "candidates": candidates,
+            "rerank": rerank,
+            "stage1": stage1,
+            "stage1_k": stage1_k,
+            "nprobe": nprobe,
+            "flt": flt,
+        }
+        if self.plan is None or not self.plan.resident:
+            return self._search(query, **params)
+        return self._coalesced(query, params)
+
+    def _coalesced(self, query: torch.Tensor, params: dict[str, Any]) -> EngineResult:
+        item = _Pending(query, params, _batch_key(params))
+        with self._turn:
+            self._waiting.append(item)
+            while self._leading and not item.done:
+                self._turn.wait()
+            if item.done:
+                return item.get()
+            group = [item]
+            if item.key is not None:
+                group += [w for w in self._waiting if w is not item and w.key == item.key][: COALESCE_MAX - 1]
+            taken = {id(w) for w in group}
+            self._waiting = [w for w in self._waiting if id(w) not in taken]
+            self._leading = True
+        outs: list[EngineResult | BaseException]
+        try:
+            outs = self._many([w.query for w in group], params)
+        except BaseException as exc:  # noqa: BLE001 - handed to every waiter of the batch
+            outs = [exc] * len(group)
+        with self._turn:
+            for w, out in zip(group, outs, strict=True):
+                w.out, w.done = out, True
+            self.batch_sizes.append(len(group))
+            self._leading = False
+            self._turn.notify_all()
+        return item.get()
+
+    def _search(
+        self,
+        query: torch.Tensor,
+        *,
+        top_k_hits: int = 10,
+        candidates: int = 100,
+        rerank: bool = True,
+        stage1: str = "auto",
+        stage1_k: int = 1000,
+        nprobe: int | None = None,
+        flt: Filter | None = None,
+        _batched: dict[int, np.ndarray] | None = None,
+    ) -> EngineResult:
+        """One search (see ``search``); ``_batched``: this query's rows of batched whole-segment scans.
+
+        On the device path (``plan.resident``, see ``patchseek.search.device``) every stage scores on the
+        plan's device: the dense scan and the codec-less exact stage 2 with ``maxsim`` on resident rows,
+        the codec's stage 2 with its kernel on resident codes, the FAISS centroid search there, and the
+        rerank with ``maxsim`` on rows gathered through a pinned buffer.
+
         Stage 1 (``exact`` scan, ``dense`` summary scan or ``faiss`` lists) picks up to ``stage1_k``
         units per segment; stage 2 scores them with the codec (codec-less: the dense scores, or exact
         MaxSim after an exact scan / FAISS); the best ``candidates`` overall are re-scored exactly
@@ -608,6 +792,7 @@ class Snapshot:
             stage1_k=stage1_k,
             nprobe=nprobe,
             flt=flt,
+            _batched=_batched,
         ).result(top_k_hits)
 
     def shortlist(
@@ -621,6 +806,7 @@ class Snapshot:
         stage1_k: int = 1000,
         nprobe: int | None = None,
         flt: Filter | None = None,
+        _batched: dict[int, np.ndarray] | None = None,
     ) -> Shortlist:
         """``search`` up to its final cut: the ``keep`` best units by stage-2 score (``keep`` =
         ``max(candidates, top_k_hits)`` with a rerank, else ``top_k_hits``), re-scored exactly when
@@ -662,6 +848,8 @@ class Snapshot:
             )
         codec = None if self.state is None else self.state.compressor
         can_rerank = all(r.has_rerank for r in self.readers)
+        plan = self.plan
+        on_device = plan is not None and plan.resident
         seg_ids, unit_parts, score_parts = [], [], []
         final = False
         t1 = t2 = 0.0
@@ -670,14 +858,22 @@ class Snapshot:
             if not m.any():
                 continue
             t0 = time.perf_counter()
+            pre = None if _batched is None else _batched.get(i)  # this query's row of a batched launch
             if kind == "exact":
                 units, scores = np.flatnonzero(m), None
+            elif kind == "dense" and on_device:
+                assert plan is not None
+                if pre is not None:
+                    allowed = np.flatnonzero(m)
+                    units, scores = top_k(pre[allowed], allowed, stage1_k)
+                else:
+                    units, scores = r.dense_on_device(q, stage1_k, m, plan)
             elif kind == "dense":
                 c = r.dense(self.device).candidates(q, stage1_k, unit_mask=m)
                 units, scores = c.units, c.scores
             else:
                 assert self.state is not None
-                c = r.faiss(self.state).search(q, stage1_k, mask=m, nprobe=nprobe)
+                c = r.faiss(self.state, plan).search(q, stage1_k, mask=m, nprobe=nprobe)
                 units, scores = c.units, None
             t1 += time.perf_counter() - t0
             n1 += int(units.size)
@@ -685,9 +881,9 @@ class Snapshot:
                 continue
             t0 = time.perf_counter()
             if codec is not None and r.codes is not None:
-                scores = r.approximate(q, units, codec)
+                scores = r.approximate(q, units, codec, plan)
             elif scores is None:  # codec-less exact scan or FAISS candidates: exact MaxSim is stage 2
-                scores = r.exact(q, units)
+                scores = pre[units] if pre is not None and kind == "exact" else r.exact(q, units, plan)
                 final = True
             t2 += time.perf_counter() - t0
             seg_ids.append(np.full(units.size, int(self.positions[i]), dtype=np.int64))
@@ -709,9 +905,82 @@ class Snapshot:
         seg_of, unit_of = best >> 32, best & 0xFFFFFFFF
         for p in np.unique(seg_of).tolist():
             sel = np.flatnonzero(seg_of == p)
-            exact[sel] = self.readers[int(np.searchsorted(self.positions, p))].exact(q, unit_of[sel])
+            exact[sel] = self.readers[int(np.searchsorted(self.positions, p))].exact(q, unit_of[sel], plan)
         timings["stage3"] = (time.perf_counter() - t0) * 1000
         return out(best, best_scores, exact, n1)
+
+    def search_many(
+        self,
+        queries: Sequence[torch.Tensor],
+        *,
+        top_k_hits: int = 10,
+        candidates: int = 100,
+        rerank: bool = True,
+        stage1: str = "auto",
+        stage1_k: int = 1000,
+        nprobe: int | None = None,
+        flt: Filter | None = None,
+    ) -> list[EngineResult]:
+        """``search`` for several queries, equal to searching them one by one.
+
+        On the device path the scans that read a whole segment score every query in one kernel launch
+        per segment (the queries padded to one (B, n_q, dim) batch with a token mask): the dense stage 1,
+        and a codec-less collection's exact scan. The per-query candidates then go through stages 2 and
+        3 query by query.
+        """
+        params: dict[str, Any] = {
+            "top_k_hits": top_k_hits,
+            "candidates": candidates,
+            "rerank": rerank,
+            "stage1": stage1,
+            "stage1_k": stage1_k,
+            "nprobe": nprobe,
+            "flt": flt,
+        }
+        outs = self._many(list(queries), params)
+        for out in outs:
+            if isinstance(out, BaseException):
+                raise out
+        return outs  # type: ignore[return-value]
+
+    def _many(
+        self, queries: Sequence[torch.Tensor], params: dict[str, Any]
+    ) -> list[EngineResult | BaseException]:
+        """Each query's result, or the error its search raised (one bad query fails only itself)."""
+        stage1, flt = params["stage1"], params["flt"]
+        qs = [q.detach().to("cpu", torch.float32) for q in queries]
+        batched: list[dict[int, np.ndarray]] = [{} for _ in qs]
+        plan = self.plan
+        codec = None if self.state is None else self.state.compressor
+        valid = [i for i, q in enumerate(qs) if q.dim() == 2 and q.shape[0] > 0]
+        if plan is not None and plan.resident and len(valid) > 1 and self.readers:
+            dim = self.readers[0].dim
+            if all(qs[i].shape[1] == dim for i in valid):
+                kind = self.stage1_kind(stage1)
+                n_max = max(qs[i].shape[0] for i in valid)
+                batch = torch.zeros(len(valid), n_max, dim)  # (B, n_max, dim)
+                q_mask = torch.zeros(len(valid), n_max, dtype=torch.bool)  # (B, n_max)
+                for b, i in enumerate(valid):
+                    batch[b, : qs[i].shape[0]] = qs[i]
+                    q_mask[b, : qs[i].shape[0]] = True
+                for s, (r, m) in enumerate(zip(self.readers, self.live(flt), strict=True)):
+                    if not m.any():
+                        continue
+                    scores = None
+                    if kind == "dense":
+                        scores = r.dense_scores(batch, plan, q_mask)
+                    elif kind == "exact" and (codec is None or r.codes is None):
+                        scores = r.exact_all(batch, q_mask, plan)
+                    if scores is not None:
+                        for b, i in enumerate(valid):
+                            batched[i][s] = scores[b]
+        outs: list[EngineResult | BaseException] = []
+        for i, q in enumerate(qs):
+            try:
+                outs.append(self._search(q, **params, _batched=batched[i] or None))
+            except Exception as exc:  # noqa: BLE001 - returned to that query's caller
+                outs.append(exc)
+        return outs
 
     def find(self, doc_id: int, ordinal: int) -> tuple[SegmentReader, int] | None:
         """The live segment and position of unit ``(doc_id, ordinal)``."""
@@ -752,11 +1021,14 @@ class Snapshot:
         """Units, rows, segments, and bytes by part on disk (the segment files) and in RAM."""
         disk: dict[str, int] = {}
         ram: dict[str, int] = {}
+        device: dict[str, int] = {}
         for r in self.readers:
             for k, b in r.file.part_bytes.items():
                 disk[k] = disk.get(k, 0) + b
             for k, b in r.ram_bytes.items():
                 ram[k] = ram.get(k, 0) + b
+            for k, b in r.device_bytes.items():
+                device[k] = device.get(k, 0) + b
         n = max(1, self.n_units)
         return {
             "generation": self.generation,
@@ -767,9 +1039,40 @@ class Snapshot:
             "fit": dict(self.manifest.fit),
             "disk_bytes": disk,
             "ram_bytes": ram,
+            "device": None if self.plan is None or not self.plan.resident else str(self.plan.device),
+            "device_bytes": device,
             "disk_bytes_per_unit": round(sum(r.file.nbytes for r in self.readers) / n, 1),
             "ram_bytes_per_unit": round(sum(ram.values()) / n, 1),
         }
+
+
+@dataclass(eq=False)  # compared by identity: a query tensor has no truth value
+class _Pending:
+    """A device-path search waiting for its turn or for the batch that answers it."""
+
+    query: torch.Tensor
+    params: dict[str, Any]
+    key: tuple[Any, ...] | None
+    done: bool = False
+    out: EngineResult | BaseException | None = None
+
+    def get(self) -> EngineResult:
+        if isinstance(self.out, BaseException):
+            raise self.out
+        assert self.out is not None
+        return self.out
+
+
+def _batch_key(params: dict[str, Any]) -> tuple[Any, ...] | None:
+    """Searches with equal keys may run as one batch: same knobs, and a filter named by its ``key``
+    (the visible set) alone; None (never batched) for filters by document ids or media."""
+    flt: Filter | None = params["flt"]
+    if flt is not None and (
+        flt.doc_ids is not None or flt.media is not None or flt.visible is not None and flt.key is None
+    ):
+        return None
+    knobs = tuple(params[k] for k in ("top_k_hits", "candidates", "rerank", "stage1", "stage1_k", "nprobe"))
+    return (*knobs, None if flt is None else ("visible", flt.key))
 
 
 # ------------------------------------------------------------------------------------- the engine
@@ -793,7 +1096,14 @@ class IndexEngine:
     compression : CompressionConfig
         The version's compression (quantizer, ``keep``); pruning and merging happen before the engine.
     device : str
-        Where dense stage-1 rows live (``"cpu"`` or ``"cuda"``).
+        ``"cpu"`` (default), ``"cuda"`` / ``"cuda:N"`` or ``"auto"``: on CUDA the device path keeps each
+        segment's stage-1/2 data there and scores every stage there (``patchseek.search.device``).
+    kernels : str
+        ``"auto"``, ``"torch"`` or ``"triton"`` (the kernels' backend); ``"triton"`` on the CPU runs the
+        device path with CPU tensors under ``TRITON_INTERPRET=1``.
+    device_memory_bytes, device_fallback
+        The device budget of resident parts (None: free CUDA memory less headroom) and what a part that
+        does not fit does (``"cpu"``: stays on the CPU; ``"error"``: ``DeviceMemoryError``).
     auto_fit : bool
         Fit the state on the first publish that satisfies ``fit_rule`` (rebuilds turn it off and call
         ``fit`` once at the end).
@@ -815,13 +1125,19 @@ class IndexEngine:
         merge_factor: int = MERGE_FACTOR,
         dense_rows: int = DEFAULT_ROWS,
         files: IndexFiles | None = None,
+        kernels: str = "auto",
+        device_memory_bytes: int | None = None,
+        device_fallback: str = "cpu",
     ) -> None:
         self.root = Path(root)
         # Where the version's files live: ``root`` itself by default, or any storage backend.
         self.files = files if files is not None else IndexFiles.local(self.root)
         self.dim = int(dim)
         self.config = compression or CompressionConfig()
-        self.device = device
+        self.plan = DevicePlan.resolve(
+            device, kernels, memory_bytes=device_memory_bytes, fallback=device_fallback
+        )
+        self.device = str(self.plan.device) if device == "auto" else device
         self.auto_fit = auto_fit
         self.merge_factor = max(2, int(merge_factor))
         self.dense_rows = dense_rows
@@ -861,7 +1177,7 @@ class IndexEngine:
             if reader is None:
                 reader = SegmentReader(self.files.open_segment(name))
             readers.append(reader)
-        return Snapshot(manifest, readers, self._state(manifest.state), self.device)
+        return Snapshot(manifest, readers, self._state(manifest.state), self.device, plan=self.plan)
 
     def _state(self, name: str | None) -> FittedState | None:
         if name is None:
@@ -1160,6 +1476,35 @@ class IndexEngine:
 
     def stats(self) -> dict[str, Any]:
         return self.snapshot().stats()
+
+
+def _copy_to(arr: np.ndarray, device: torch.device, *, codes: bool = False) -> torch.Tensor:
+    """A contiguous copy of ``arr`` (a memory-mapped part) on ``device``, in bounded slices.
+
+    ``codes``: uint16 codes are viewed as int16 (the kernels read them as unsigned)."""
+    n = int(arr.shape[0])
+    row_bytes = max(1, int(arr.nbytes // max(1, n)))
+    step = max(1, RESIDENT_COPY_BYTES // row_bytes)
+
+    def host(a: np.ndarray) -> torch.Tensor:
+        return as_code_tensor(np.array(a)) if codes else torch.from_numpy(np.array(a))
+
+    if device.type == "cpu":
+        return host(arr)
+    first = host(arr[:0])
+    out = torch.empty(tuple(arr.shape), dtype=first.dtype, device=device)
+    for s in range(0, n, step):
+        out[s : s + step].copy_(host(arr[s : s + step]))
+    return out
+
+
+def _gather_pinned(src: np.ndarray, rows: np.ndarray, plan: DevicePlan) -> torch.Tensor:
+    """Rows ``rows`` of a memory-mapped part gathered into a (pinned, on CUDA) host buffer, then moved
+    to ``plan.device`` (asynchronously from pinned memory)."""
+    probe = torch.from_numpy(np.zeros((0, *src.shape[1:]), dtype=src.dtype))
+    buf = torch.empty((rows.size, *src.shape[1:]), dtype=probe.dtype, pin_memory=plan.pinned)
+    np.take(src, rows, axis=0, out=buf.numpy())
+    return buf.to(plan.device, non_blocking=plan.pinned)
 
 
 def unit_rows(offsets: np.ndarray, units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

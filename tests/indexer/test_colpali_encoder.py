@@ -437,3 +437,33 @@ def test_colpali_engine_imports_after_ensure_torchvision() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("ok")
+
+
+class TestSalienceChoice:
+    """``salience="auto"`` (the service's): SDPA attention, eager only for the batches of a pruning
+    collection; and the batch size derived from free memory."""
+
+    def test_auto_pays_for_attention_only_when_salience_is_asked_for(
+        self, encoder: Callable[..., ColPaliEncoder]
+    ) -> None:
+        auto = encoder("colqwen2", salience="auto")
+        units = [SourceUnit(kind="page", index=i, image=p) for i, p in enumerate(PAGES[:2])]
+        assert auto.model.config._attn_implementation == "sdpa"
+        plain = auto.encode_units(units, salience=False)  # a collection that does not prune
+        pruning = auto.encode_units(units, salience=True)
+        assert auto.model.config._attn_implementation == "sdpa"  # switched back after the batch
+        norm = encoder("colqwen2", salience="norm").encode_units(units)
+        attention = encoder("colqwen2").encode_units(units)  # eager from the load
+        for a, n, p, att in zip(plain, norm, pruning, attention, strict=True):
+            torch.testing.assert_close(a.salience, n.salience, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(p.salience, att.salience, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(a.vectors, att.vectors, atol=1e-4, rtol=1e-3)  # same vectors
+
+    def test_batch_size_zero_is_the_cpu_default_and_sized_from_memory_on_cuda(
+        self, encoder: Callable[..., ColPaliEncoder]
+    ) -> None:
+        from patchseek.indexer.encoders.colpali import AUTO_BATCH_MAX, CPU_BATCH, auto_batch_size
+
+        assert encoder("colqwen2", batch_size=0).batch_size == CPU_BATCH
+        assert auto_batch_size(10e9, 1e9) == 6 and auto_batch_size(1e9, 2e9) == 1
+        assert auto_batch_size(1e12, 1e6) == AUTO_BATCH_MAX

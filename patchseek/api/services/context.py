@@ -125,6 +125,9 @@ class ServiceContext:
             CompressionConfig.from_dict(compression or {}),
             device="cuda" if on_gpu else "cpu",
             files=self.index_files(collection_id, version_number),
+            kernels=self.settings.kernels,
+            device_memory_bytes=self.settings.device_memory_bytes,
+            device_fallback=self.settings.device_fallback,
         )
 
     def version_index(self, version: Any) -> IndexEngine:

@@ -424,7 +424,7 @@ class IngestService:
             read_options=self.ctx.read_options,
             compression=CompressionConfig.from_dict(version.compression),
             blobs=self.ctx.blobs,
-            batch_size=self.ctx.settings.batch_size,
+            batch_size=self.ctx.settings.batch_size or getattr(encoder, "batch_size", 4),
             thumbnail_size=self.ctx.settings.thumbnail_size,
             progress=None if progress is None else (lambda n, expected: progress(filename, n, expected)),
         )

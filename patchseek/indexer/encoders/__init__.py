@@ -28,4 +28,5 @@ def load_encoder(settings: Settings) -> Encoder:
         dtype=settings.dtype,
         batch_size=settings.batch_size,
         max_image_pixels=settings.max_image_pixels,
+        salience="auto",  # SDPA; eager attention only for the batches of collections that prune
     )

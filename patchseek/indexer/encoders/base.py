@@ -28,8 +28,13 @@ class Encoder(ABC):
     def encode_images(self, images: Sequence[Image.Image]) -> list[PatchBag]:
         """Encode page / image / frame images: one ``PatchBag`` per image."""
 
-    def encode_units(self, units: Sequence[SourceUnit], progress: ProgressFn | None = None) -> list[PatchBag]:
-        """Encode source units. The default encodes their images; text-aware encoders override it."""
+    def encode_units(
+        self, units: Sequence[SourceUnit], progress: ProgressFn | None = None, *, salience: bool = True
+    ) -> list[PatchBag]:
+        """Encode source units. The default encodes their images; text-aware encoders override it.
+
+        ``salience=False`` says the caller will not prune by salience (an encoder may then skip an
+        expensive salience signal)."""
         bags = self.encode_images([u.image for u in units])
         if progress is not None:
             progress(len(units), len(units))

@@ -16,6 +16,16 @@ their (row, col) on the page's patch grid, and a salience per token for pruning:
 - ``salience="norm"``: the L2 norm of each token's projection before normalisation, a free proxy; used
   when asked for, and as the fallback when a model returns no attention weights (a non-eager attention
   implementation), with a warning.
+- ``salience="auto"`` (what the service loads): the model runs with SDPA attention, and switches its text
+  decoder to eager attention only for the batches whose salience is asked for (``encode_units(...,
+  salience=True)``: the pipeline asks when the collection prunes); other batches get the norm salience.
+  Eager attention with its weights roughly halves throughput (docs/BENCHMARKS.md, "Encoding"), so a
+  collection that never prunes never pays for it.
+
+On CUDA the model runs in bfloat16 (``dtype="auto"``), and ``batch_size=0`` sizes the batches from free
+device memory: the first batch is one page, whose peak memory gives the bytes per page, and later
+batches take ``AUTO_BATCH_FRACTION`` of the free memory (at most ``AUTO_BATCH_MAX`` pages); on the CPU
+``batch_size=0`` means ``CPU_BATCH``.
 
 Vectors are what colpali-engine's own ``forward`` returns at those tokens (the projection is read with a
 forward hook, so every family's input handling stays colpali-engine's), L2-normalised, float32 on CPU.
@@ -47,7 +57,13 @@ __all__ = ["ColPaliEncoder", "SalienceMode", "resolve_device", "resolve_dtype"]
 
 log = logging.getLogger(__name__)
 
-SalienceMode = Literal["attention", "norm"]
+SalienceMode = Literal["attention", "norm", "auto"]
+CPU_BATCH = 4
+AUTO_BATCH_MAX = 64
+AUTO_BATCH_FRACTION = 0.6
+# The text decoder's attention while salience is read: eager (it returns weights); the vision tower
+# keeps SDPA (its sequences are the longest: ~4 patches per image token).
+EAGER_TEXT = {"": "eager", "text_config": "eager", "vision_config": "sdpa"}
 DeviceName = Literal["auto", "cpu", "cuda"]
 DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
 
@@ -127,6 +143,17 @@ def _batched(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
         yield chunk
 
 
+def auto_batch_size(free_bytes: float, bytes_per_page: float, *, cap: int = AUTO_BATCH_MAX) -> int:
+    """Pages per batch that fit ``AUTO_BATCH_FRACTION`` of ``free_bytes`` at ``bytes_per_page``, in [1, cap].
+
+    >>> auto_batch_size(80e9, 1e9), auto_batch_size(80e9, 5e8, cap=64), auto_batch_size(1e8, 1e9)
+    (48, 64, 1)
+    """
+    if bytes_per_page <= 0:
+        return cap
+    return max(1, min(cap, int(AUTO_BATCH_FRACTION * free_bytes // bytes_per_page)))
+
+
 class ColPaliEncoder(Encoder):
     """Encode pages and queries with a colpali-engine model from a Hub id or a local directory.
 
@@ -141,12 +168,13 @@ class ColPaliEncoder(Encoder):
     device, dtype
         ``auto`` picks CUDA + bfloat16 when a GPU is present, else CPU + float32.
     batch_size
-        Pages per forward pass; memory grows linearly with it.
+        Pages per forward pass; memory grows linearly with it. 0: from free memory on CUDA (see the
+        module docstring), ``CPU_BATCH`` on the CPU.
     max_image_pixels
         Cap on the model's input resolution (it is never raised above the checkpoint's own): Qwen2
         families' ``max_pixels``; ColIdefics3's longest edge (in whole tiles). ColPali is fixed at 448 px.
     salience
-        ``"attention"`` or ``"norm"``; see the module docstring.
+        ``"attention"``, ``"norm"`` or ``"auto"``; see the module docstring.
     attention_layers
         How many of the last text-decoder layers the attention salience averages.
     query_batch_size
@@ -170,14 +198,16 @@ class ColPaliEncoder(Encoder):
         attention_layers: int = 4,
         query_batch_size: int = 32,
     ) -> None:
-        if salience not in ("attention", "norm"):
-            raise ValueError(f"salience must be 'attention' or 'norm', got {salience!r}")
-        if batch_size < 1 or query_batch_size < 1 or attention_layers < 1:
-            raise ValueError("batch_size, query_batch_size and attention_layers must be >= 1")
+        if salience not in ("attention", "norm", "auto"):
+            raise ValueError(f"salience must be 'attention', 'norm' or 'auto', got {salience!r}")
+        if batch_size < 0 or query_batch_size < 1 or attention_layers < 1:
+            raise ValueError("batch_size must be >= 0, query_batch_size and attention_layers >= 1")
         models = _import_colpali()
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self.batch_size = batch_size
+        # batch_size 0 on CUDA: one page first, then sized from its measured peak memory
+        self._measure_batch = batch_size == 0 and self.device.type == "cuda"
+        self.batch_size = batch_size or (1 if self._measure_batch else CPU_BATCH)
         self.query_batch_size = query_batch_size
         self.salience_mode: SalienceMode = salience
         self.attention_layers = attention_layers
@@ -211,9 +241,8 @@ class ColPaliEncoder(Encoder):
         processor_cls = getattr(models, self.family.processor_class)
         kwargs: dict[str, Any] = {"local_files_only": True}
         if self.salience_mode == "attention":
-            # Attention weights need the eager implementation; only the text decoder is read, so the
-            # vision tower keeps SDPA (its sequences are the longest: ~4 patches per image token).
-            kwargs["attn_implementation"] = {"": "eager", "text_config": "eager", "vision_config": "sdpa"}
+            # Attention weights need the eager implementation; only the text decoder is read.
+            kwargs["attn_implementation"] = EAGER_TEXT
         try:
             model, info = model_cls.from_pretrained(
                 source.path, dtype=self.dtype, output_loading_info=True, **kwargs
@@ -301,8 +330,17 @@ class ColPaliEncoder(Encoder):
 
     def _run(self, inputs: dict[str, torch.Tensor], want_attention: bool) -> tuple[torch.Tensor, _Capture]:
         """One forward pass: ((B, L, dim) float32 projection before normalisation, the capture)."""
-        with self._forward_lock, torch.inference_mode(), self._hooks(want_attention) as cap:
-            self.model(**inputs, **self.family.forward_kwargs)
+        switch = want_attention and self.salience_mode == "auto"
+        with self._forward_lock, torch.inference_mode():
+            loaded = self.model.config._attn_implementation
+            if switch:
+                self.model.set_attn_implementation(EAGER_TEXT)
+            try:
+                with self._hooks(want_attention) as cap:
+                    self.model(**inputs, **self.family.forward_kwargs)
+            finally:
+                if switch:
+                    self.model.set_attn_implementation(loaded)
         if cap.projection is None:
             raise RuntimeError(f"{self.family.model_class} did not call its projection layer")
         return cap.projection.float(), cap
@@ -314,8 +352,18 @@ class ColPaliEncoder(Encoder):
         images = [im.convert("RGB") for im in images]
         batch = self.processor.process_images(images)
         inputs = self._to_device(batch)
-        want_attention = with_salience and self.salience_mode == "attention"
+        want_attention = with_salience and self.salience_mode != "norm"
+        measure = self._measure_batch
+        if measure:
+            torch.cuda.synchronize(self.device)
+            before = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
         proj, cap = self._run(inputs, want_attention)  # (B, L, dim)
+        if measure:
+            per_page = (torch.cuda.max_memory_allocated(self.device) - before) / len(images)
+            self.batch_size = auto_batch_size(torch.cuda.mem_get_info(self.device)[0], per_page)
+            self._measure_batch = False
+            log.info("%s: %.0f MiB per page, batch size %d", self.name, per_page / 2**20, self.batch_size)
         if want_attention and cap.attn_sum is None:
             log.warning("%s returned no attention weights; falling back to norm salience", self.name)
         attn = cap.attn_sum / cap.n_layers if cap.attn_sum is not None else None  # (B, L, L)
@@ -376,12 +424,21 @@ class ColPaliEncoder(Encoder):
         """Encode page / image / frame images: one ``PatchBag`` per image (see ``iter_encode``)."""
         return list(self.iter_encode(images))
 
-    def encode_units(self, units: Sequence[SourceUnit], progress: ProgressFn | None = None) -> list[PatchBag]:
-        """Encode units' images in batches, calling ``progress(done, total)`` after each batch."""
+    def encode_units(
+        self, units: Sequence[SourceUnit], progress: ProgressFn | None = None, *, salience: bool = True
+    ) -> list[PatchBag]:
+        """Encode units' images in batches, calling ``progress(done, total)`` after each batch.
+
+        ``salience=False`` (a collection that does not prune) skips the attention salience of
+        ``salience="auto"``: SDPA attention, norm salience."""
         bags: list[PatchBag] = []
         total = len(units)
-        for chunk in _batched(units, self.batch_size):
-            bags.extend(self._encode_batch([u.image for u in chunk]))
+        done = 0
+        while done < total:
+            chunk = units[done : done + self.batch_size]  # the size may change after the first batch
+            with_salience = salience or self.salience_mode == "attention"
+            bags.extend(self._encode_batch([u.image for u in chunk], with_salience=with_salience))
+            done += len(chunk)
             if progress is not None:
                 progress(len(bags), total)
         return bags

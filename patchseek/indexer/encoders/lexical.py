@@ -147,7 +147,9 @@ class LexicalEncoder(Encoder):
 
         return ocr_words(image)
 
-    def encode_units(self, units: Sequence[SourceUnit], progress: ProgressFn | None = None) -> list[PatchBag]:
+    def encode_units(
+        self, units: Sequence[SourceUnit], progress: ProgressFn | None = None, *, salience: bool = True
+    ) -> list[PatchBag]:
         """Text layer words where the unit has them; OCR of the image (and segment frames) otherwise."""
         bags = []
         for i, unit in enumerate(units):
