@@ -103,6 +103,19 @@ class Settings(BaseSettings):
         "must exceed the longest upload request, whose blobs are written before its rows commit",
     )
 
+    # Ray (extra ``ray``): ingest and rebuild jobs as Ray Data jobs (``patchseek.indexer.distributed``)
+    ray_address: str | None = Field(
+        default=None,
+        description="run ingest and rebuild jobs on this Ray cluster ('auto': the one RAY_ADDRESS or a "
+        "local `ray start` names; 'ray://host:10001'; 'local': a Ray started in-process); unset: in-process",
+    )
+    ray_encode_actors: int | None = Field(
+        default=None, ge=1, description="encoder actors; unset: one per GPU, or one per node without GPUs"
+    )
+    ray_docs_per_segment: int = Field(
+        default=64, ge=1, description="documents each Ray writer task turns into one segment"
+    )
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
