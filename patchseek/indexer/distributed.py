@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -369,6 +370,7 @@ def connect(address: str | None) -> _Connection:
     ray = _ray()
     if ray.is_initialized():
         return _Connection(owned=False)
+    _check_reachable(address)
     try:
         ray.init(
             address=None if address in (None, "local") else address,
@@ -383,6 +385,24 @@ def connect(address: str | None) -> _Connection:
             "fix --ray / PATCHSEEK_RAY_ADDRESS"
         ) from exc
     return _Connection(owned=True)
+
+
+def _check_reachable(address: str | None) -> None:
+    """Fail fast on a ``host:port`` (or ``ray://host:port``) nothing listens on: ``ray.init`` would wait
+    for the GCS for minutes."""
+    if address in (None, "auto", "local"):
+        return
+    target = address.removeprefix("ray://").removeprefix("ray+").rsplit("/", 1)[0]
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ClusterUnavailableError(
+            f"nothing answers at the Ray address {address!r} ({exc}); start the head with "
+            "`ray start --head` or fix --ray / PATCHSEEK_RAY_ADDRESS"
+        ) from exc
 
 
 def disconnect(connection: _Connection) -> None:

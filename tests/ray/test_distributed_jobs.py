@@ -8,8 +8,12 @@ row; through the services here, through the real CLI in ``test_distributed_cli.p
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -32,6 +36,7 @@ from patchseek.api.services import (  # noqa: E402
 from patchseek.search.segments import list_segment_names  # noqa: E402
 from tests.conftest import make_settings  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[2]
 N_DOCS = 24
 QUERIES = ["record7 alpha7", "beta3 gamma", "record19", "page 2 delta11", "alpha12 beta1"]
 
@@ -296,3 +301,60 @@ def test_a_killed_ray_worker_still_ends_in_a_complete_correct_index(ctx, tmp_pat
     assert (done.progress, done.total) == (30, 30)
     assert units_of(ctx, "ray") == units_of(ctx, "local")
     assert hits_of(ctx, "ray") == hits_of(ctx, "local")
+
+
+# ------------------------------------------------------------------------------------- the real CLI
+def _cli(data: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "PATCHSEEK_DATA_DIR": str(data),
+        "PATCHSEEK_OCR": "false",
+        "PATCHSEEK_PDF_DPI": "72",
+        "PATCHSEEK_RAY_DOCS_PER_SEGMENT": "8",
+    }
+    env.pop("PATCHSEEK_DATABASE_URL", None)
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run(
+        [sys.executable, "-m", "patchseek.cli", *args], env=env, capture_output=True, text=True, timeout=600
+    )
+    if check and out.returncode != 0:
+        raise AssertionError(f"patchseek {' '.join(args)} exited {out.returncode}:\n{out.stderr}")
+    return out
+
+
+def _search(data: Path, collection: str) -> list[list[tuple[float, str, int | None]]]:
+    out = []
+    for q in QUERIES:
+        lines = _cli(data, "search", q, "-c", collection, "--json", "--top-k", "100").stdout.splitlines()
+        out.append(sorted((-round(h["score"], 4), h["document"], h["page"]) for h in map(json.loads, lines)))
+    return out
+
+
+def test_cli_ingest_and_rebuild_with_ray_on_a_real_data_dir(connected, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    folder, data = tmp_path / "pdfs", tmp_path / "data"
+    files = write_pdfs(folder, n=16)
+    _cli(data, "init")
+    assert "16 ingested (32 units)" in _cli(data, "ingest", str(folder), "-c", "local").stderr
+    out = _cli(data, "ingest", str(folder), "-c", "dist", "--ray", connected.address)
+    assert "16 ingested (32 units), 0 failed" in out.stderr
+    assert _search(data, "dist") == _search(data, "local")
+    stats = json.loads(_cli(data, "stats", "-c", "dist", "--json").stdout)
+    assert stats["units"] == 32
+
+    out = _cli(data, "rebuild", "-c", "dist", "--ray", connected.address)
+    assert "now serves index version 2" in out.stderr
+    assert _search(data, "dist") == _search(data, "local")
+
+    # An address nothing answers at: a clear error (exit 2), nothing ingested, the files stay pending.
+    bad = _cli(
+        data, "ingest", str(files[0]), "-c", "other", "--ray", f"127.0.0.1:{_closed_port()}", check=False
+    )
+    assert bad.returncode == 2 and "(cluster_unavailable)" in bad.stderr
+    assert "other" not in _cli(data, "collections").stdout
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
