@@ -370,7 +370,12 @@ def rebuild(
 
     ctx = _context()
     address = ray or ctx.settings.ray_address
+    cluster = None
     try:
+        if address:
+            from patchseek.indexer.distributed import connect
+
+            cluster = connect(address)  # an unreachable cluster fails here, before any version exists
         service = RebuildService(ctx)
         job = service.submit(
             collection, encoder=encoder, status="running", reencode=reencode or bool(address)
@@ -382,6 +387,10 @@ def rebuild(
         _fail(exc)
         return
     finally:
+        if cluster is not None:
+            from patchseek.indexer.distributed import disconnect
+
+            disconnect(cluster)
         ctx.close()
     failed = [d for d in job.result.get("documents", []) if d["status"] == "failed"]
     for d in failed:

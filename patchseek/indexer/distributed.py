@@ -50,6 +50,21 @@ from patchseek.indexer.sources import ReadOptions
 from patchseek.search.engine import IndexEngine
 from patchseek.search.segments import segment_path
 
+__all__ = [
+    "ClusterProgress",
+    "DistributedResult",
+    "DocumentOutcome",
+    "DocumentTask",
+    "EncodeJob",
+    "RayOptions",
+    "connect",
+    "disconnect",
+    "encode_job",
+    "encoder_batch_size",
+    "ray_options",
+    "run_distributed",
+]
+
 log = logging.getLogger(__name__)
 
 # (units encoded, units expected, documents done): the job's totals so far, reported every ``poll_s``

@@ -331,6 +331,7 @@ def _search(data: Path, collection: str) -> list[list[tuple[float, str, int | No
     return out
 
 
+@pytest.mark.slow  # three CLI drivers, each starting its own Ray workers: minutes on 2 shared cores
 def test_cli_ingest_and_rebuild_with_ray_on_a_real_data_dir(connected, tmp_path) -> None:  # type: ignore[no-untyped-def]
     folder, data = tmp_path / "pdfs", tmp_path / "data"
     files = write_pdfs(folder, n=16)
@@ -346,12 +347,26 @@ def test_cli_ingest_and_rebuild_with_ray_on_a_real_data_dir(connected, tmp_path)
     assert "now serves index version 2" in out.stderr
     assert _search(data, "dist") == _search(data, "local")
 
-    # An address nothing answers at: a clear error (exit 2), nothing ingested, the files stay pending.
-    bad = _cli(
-        data, "ingest", str(files[0]), "-c", "other", "--ray", f"127.0.0.1:{_closed_port()}", check=False
-    )
+    assert files
+
+
+def test_cli_with_an_unreachable_ray_address_fails_clearly_and_changes_nothing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Exit 2 with ``cluster_unavailable`` within seconds (``ray.init`` alone would wait minutes for
+    the GCS), nothing ingested or rebuilt."""
+    folder, data = tmp_path / "pdfs", tmp_path / "data"
+    files = write_pdfs(folder, n=2)
+    _cli(data, "ingest", str(files[0]), "-c", "kept")
+    address = f"127.0.0.1:{_closed_port()}"
+    bad = _cli(data, "ingest", str(folder), "-c", "other", "--ray", address, check=False)
     assert bad.returncode == 2 and "(cluster_unavailable)" in bad.stderr
-    assert "other" not in _cli(data, "collections").stdout
+    rebuild = _cli(data, "rebuild", "-c", "kept", "--ray", address, check=False)
+    assert rebuild.returncode == 2 and "(cluster_unavailable)" in rebuild.stderr
+    listing = _cli(data, "collections").stdout
+    assert "other" not in listing and "kept\t1 documents\t2 units" in listing
+    hits = [
+        json.loads(x) for x in _cli(data, "search", "record0", "-c", "kept", "--json").stdout.splitlines()
+    ]
+    assert hits[0]["document"] == "doc000.pdf"
 
 
 def _closed_port() -> int:
