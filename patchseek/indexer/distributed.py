@@ -341,6 +341,11 @@ def _write(batch: dict[str, np.ndarray], *, job: EncodeJob, tracker: Any) -> dic
         (int(r["document_id"]), pickle.loads(bytes(r["payload"]))) for r in rows if not r["code"]
     ]
     segment = ""
+    if docs and _cancelled(tracker):
+        # Nothing more is written once the job is cancelled; what a task already writing leaves behind
+        # is an unlisted file the engine's gc removes.
+        rows = [{**r, "code": "cancelled", "error": "the job was cancelled"} for r in rows]
+        docs = []
     if docs:
         engine = IndexEngine(
             Path(job.index_root), job.dim, CompressionConfig.from_dict(job.compression), auto_fit=False
