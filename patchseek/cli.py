@@ -25,6 +25,16 @@ console = Console(stderr=True)
 
 # Files are grouped into jobs of this many so a huge folder is never held in memory at once.
 FILES_PER_JOB = 16
+# On a Ray cluster each job is one Ray Data job: larger jobs keep its actors busy.
+RAY_FILES_PER_JOB = 256
+
+RAY_HELP = (
+    "run on a Ray cluster (extra 'ray'): ADDRESS of its head (host:port, ray://host:10001), 'auto' "
+    "(RAY_ADDRESS or a local `ray start`; the default when the flag is given alone) or 'local'"
+)
+RayOption = Annotated[
+    str | None, typer.Option("--ray", metavar="[ADDRESS]", is_flag=False, flag_value="auto", help=RAY_HELP)
+]
 
 
 def _context(settings: Settings | None = None):  # type: ignore[no-untyped-def]
@@ -76,15 +86,28 @@ def ingest(
         str | None, typer.Option(help='JSON object stored on each document, e.g. \'{"team": "ops"}\'')
     ] = None,
     files_per_job: Annotated[
-        int, typer.Option(min=1, help="files per ingest job; each job's documents become one segment")
-    ] = FILES_PER_JOB,
+        int | None,
+        typer.Option(
+            min=1,
+            help=f"files per ingest job; each job's documents become one segment (default {FILES_PER_JOB}, "
+            f"{RAY_FILES_PER_JOB} with --ray)",
+        ),
+    ] = None,
+    ray: RayOption = None,
 ) -> None:
     """Ingest files into a collection (created if missing). Exits 1 if any file failed."""
     from patchseek.api.services import CollectionService, IngestService, JobService
     from patchseek.api.services.ingest import IngestProgress
 
     ctx = _context()
+    address = ray or ctx.settings.jobs_ray_address
+    per_job = files_per_job or (RAY_FILES_PER_JOB if address else FILES_PER_JOB)
+    cluster = None
     try:
+        if address:
+            from patchseek.indexer.distributed import connect
+
+            cluster = connect(address)  # once for every job of the call
         CollectionService(ctx).create(
             collection, encoder=encoder, compression=_json_option(compression), exist_ok=True
         )
@@ -104,8 +127,8 @@ def ingest(
             # The bar counts pages, images and video frames; its total grows as each file is opened.
             task = bar.add_task("ingesting", total=None)
             units_before = 0  # of the jobs already run
-            for start in range(0, len(files), files_per_job):
-                chunk = files[start : start + files_per_job]
+            for start in range(0, len(files), per_job):
+                chunk = files[start : start + per_job]
                 job = service.submit(
                     collection,
                     [(str(p), p.read_bytes()) for p in chunk],
@@ -122,7 +145,7 @@ def ingest(
                         description=f"{Path(p.filename).name[:40]} (file {current}/{len(files)})",
                     )
 
-                job = service.run_job(job.id, progress=on_progress)
+                job = service.run_job(job.id, progress=on_progress, ray_address=address)
                 units_before += job.units_done
                 bar.update(task, completed=units_before, total=units_before)
                 results.extend(job.result.get("documents", []))
@@ -134,6 +157,10 @@ def ingest(
     except PatchseekError as exc:
         _fail(exc)
     finally:
+        if cluster is not None:
+            from patchseek.indexer.distributed import disconnect
+
+            disconnect(cluster)
         ctx.close()
     ok = sum(r["status"] == "ready" for r in results)
     failed = [r for r in results if r["status"] == "failed"]
@@ -345,20 +372,37 @@ def rebuild(
     encoder: Annotated[
         str | None, typer.Option(help="switch to this encoder (re-encodes from sources)")
     ] = None,
+    reencode: Annotated[
+        bool, typer.Option(help="encode every document again from its original bytes (--ray always does)")
+    ] = False,
+    ray: RayOption = None,
 ) -> None:
     """Rebuild a collection into a new index version and swap it in atomically."""
     from patchseek.api.services import JobService, RebuildService
 
     ctx = _context()
+    address = ray or ctx.settings.jobs_ray_address
+    cluster = None
     try:
+        if address:
+            from patchseek.indexer.distributed import connect
+
+            cluster = connect(address)  # an unreachable cluster fails here, before any version exists
         service = RebuildService(ctx)
-        job = service.run_job(service.submit(collection, encoder=encoder, status="running").id)
+        job = service.submit(
+            collection, encoder=encoder, status="running", reencode=reencode or bool(address)
+        )
+        job = service.run_job(job.id, ray_address=address)
         if job.status in ("succeeded", "partial"):
             JobService(ctx).prepare_search(job.id)  # merges only: a rebuild's fit is fresh
     except PatchseekError as exc:
         _fail(exc)
         return
     finally:
+        if cluster is not None:
+            from patchseek.indexer.distributed import disconnect
+
+            disconnect(cluster)
         ctx.close()
     failed = [d for d in job.result.get("documents", []) if d["status"] == "failed"]
     for d in failed:

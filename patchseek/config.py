@@ -167,6 +167,11 @@ class Settings(BaseSettings):
         return opts
 
     @property
+    def jobs_ray_address(self) -> str | None:
+        """The Ray cluster ingest and rebuild jobs run on (``ray_address`` unless ``ray_jobs`` is off)."""
+        return self.ray_address if self.ray_jobs else None
+
+    @property
     def resolved_storage_cache_dir(self) -> Path:
         return self.storage_cache_dir or self.data_dir / "cache"
 
@@ -178,7 +183,6 @@ class Settings(BaseSettings):
         description="shards each collection is served as; above 1 the API's searches fan out to the shard "
         "servers on the Ray cluster at ray_address (1: searched in-process)",
     )
-    ray_address: str | None = Field(default=None, description="the Ray cluster's address (host:port)")
     ray_namespace: str = Field(default="patchseek", min_length=1, description="Ray namespace of the shards")
     shard_timeout_s: float = Field(
         default=10.0,
@@ -197,6 +201,25 @@ class Settings(BaseSettings):
         if self.shards > 1 and not self.ray_address:
             raise ValueError("PATCHSEEK_SHARDS > 1 needs PATCHSEEK_RAY_ADDRESS (the Ray cluster's host:port)")
         return self
+
+    # Ray (extra ``ray``): ingest and rebuild jobs as Ray Data jobs (``patchseek.indexer.distributed``)
+    ray_address: str | None = Field(
+        default=None,
+        description="the Ray cluster: ingest and rebuild jobs run on it, and the shard servers "
+        "(shards > 1) live there ('auto': the one RAY_ADDRESS or a local `ray start` names; "
+        "'ray://host:10001'; 'local': a Ray started in-process); unset: in-process",
+    )
+    ray_jobs: bool = Field(
+        default=True,
+        description="with ray_address set, run ingest and rebuild jobs on the cluster (false: jobs stay "
+        "in-process, e.g. an API whose only use of the cluster is its shard servers)",
+    )
+    ray_encode_actors: int | None = Field(
+        default=None, ge=1, description="encoder actors; unset: one per GPU, or one per node without GPUs"
+    )
+    ray_docs_per_segment: int = Field(
+        default=64, ge=1, description="documents each Ray writer task turns into one segment"
+    )
 
     @property
     def resolved_database_url(self) -> str:

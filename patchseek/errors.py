@@ -97,3 +97,10 @@ class EncoderNotAllowedError(InvalidInputError):
     """An encoder that is not on the operator's allow-list (``PATCHSEEK_ENCODERS``)."""
 
     code, status_code = "encoder_not_allowed", 422
+
+
+class ClusterUnavailableError(PatchseekError):
+    """The Ray cluster a distributed job was sent to cannot be reached (``--ray`` /
+    ``PATCHSEEK_RAY_ADDRESS``)."""
+
+    code, status_code = "cluster_unavailable", 503

@@ -9,7 +9,7 @@ only add database transactions and job bookkeeping around them. Quantization and
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -69,25 +69,83 @@ def encode_document(
     Raises the source's ``PatchseekError`` for a corrupt, encrypted or unsupported file.
     """
     media_type, units = read_units(data, read_options)
+    rendered = ((unit, store_unit_images(unit, blobs, thumbnail_size)) for unit in units)
+    return encode_rendered(
+        media_type,
+        rendered,
+        encoder=encoder,
+        compression=compression,
+        batch_size=batch_size,
+        expected=units.expected or 0,
+        progress=progress,
+    )
+
+
+@dataclass(frozen=True)
+class RenderedDocument:
+    """A document read and rendered, not yet encoded: its units with their stored images' blob keys.
+
+    What the distributed pipeline's CPU tasks hand to its encoder actors (``render_document``).
+    """
+
+    media_type: str
+    units: list[tuple[SourceUnit, dict[str, str]]]
+
+
+def render_document(
+    data: bytes, *, read_options: ReadOptions, blobs: BlobStore, thumbnail_size: int = 256
+) -> RenderedDocument:
+    """The pipeline's first stage on its own: read every unit of a file and store its image and
+    thumbnail as blobs. The whole document is held (``encode_document`` streams instead).
+
+    Raises the source's ``PatchseekError`` for a corrupt, encrypted or unsupported file.
+    """
+    media_type, units = read_units(data, read_options)
+    return RenderedDocument(media_type, [(u, store_unit_images(u, blobs, thumbnail_size)) for u in units])
+
+
+def store_unit_images(unit: SourceUnit, blobs: BlobStore, thumbnail_size: int = 256) -> dict[str, str]:
+    """Store a unit's image (JPEG) and thumbnail as blobs: ``{"image_blob", "thumb_blob"}`` keys."""
+    return {
+        "image_blob": blobs.put(encode_image(unit.image)),
+        "thumb_blob": blobs.put(encode_image(unit.image, max_side=thumbnail_size, quality=80)),
+    }
+
+
+def encode_rendered(
+    media_type: str,
+    rendered: Iterable[tuple[SourceUnit, dict[str, str]]],
+    *,
+    encoder: Encoder,
+    compression: CompressionConfig,
+    batch_size: int = 4,
+    expected: int = 0,
+    progress: Progress | None = None,
+) -> EncodedDocument:
+    """Encode rendered units (``(unit, its image blob keys)``, consumed lazily) in batches of
+    ``batch_size``, then prune / merge the bags: the pipeline's encoding stages, shared by
+    ``encode_document`` and the distributed pipeline's encoder actors. ``expected`` is the source's
+    unit count, for ``progress``.
+    """
     rows: list[dict[str, Any]] = []
     bags: list[PatchBag] = []
-    batch: list[SourceUnit] = []
+    batch: list[tuple[SourceUnit, dict[str, str]]] = []
 
     def encoded(done_in_batch: int) -> None:
         if progress is not None:
             done = len(rows) + done_in_batch
-            progress(done, max(done, units.expected or 0))
+            progress(done, max(done, expected))
 
     salience = compression.prune != "none"  # only pruning reads salience: the encoder may skip it
     if progress is not None:
-        progress(0, units.expected or 0)
-    for unit in units:
-        batch.append(unit)
+        progress(0, expected)
+    for item in rendered:
+        batch.append(item)
         if len(batch) >= max(1, batch_size):
-            _encode_batch(encoder, batch, rows, bags, blobs, thumbnail_size, encoded, salience)
+            _encode_batch(encoder, batch, rows, bags, encoded, salience)
             batch = []
     if batch:
-        _encode_batch(encoder, batch, rows, bags, blobs, thumbnail_size, encoded, salience)
+        _encode_batch(encoder, batch, rows, bags, encoded, salience)
     if not rows:
         raise InvalidInputError("the file has no pages or frames")
     rows, bags = compress_units(compression, media_type, rows, bags)
@@ -96,17 +154,16 @@ def encode_document(
 
 def _encode_batch(
     encoder: Encoder,
-    batch: list[SourceUnit],
+    batch: list[tuple[SourceUnit, dict[str, str]]],
     rows: list[dict[str, Any]],
     bags: list[PatchBag],
-    blobs: BlobStore,
-    thumbnail_size: int,
     encoded: Callable[[int], None],
     salience: bool = True,
 ) -> None:
-    for unit, bag in zip(
+    units = [unit for unit, _ in batch]
+    for (unit, images), bag in zip(
         batch,
-        encoder.encode_units(batch, progress=lambda done, _total: encoded(done), salience=salience),
+        encoder.encode_units(units, progress=lambda done, _total: encoded(done), salience=salience),
         strict=True,
     ):
         rows.append(
@@ -120,8 +177,7 @@ def _encode_batch(
                 "height": unit.image.height,
                 "grid_rows": bag.grid[0],
                 "grid_cols": bag.grid[1],
-                "image_blob": blobs.put(encode_image(unit.image)),
-                "thumb_blob": blobs.put(encode_image(unit.image, max_side=thumbnail_size, quality=80)),
+                **images,
                 "text": bag.text or unit.text,
             }
         )

@@ -261,6 +261,7 @@ def _sharded_server(s: Served, timeout_s: float):  # type: ignore[no-untyped-def
         "PATCHSEEK_RAY_NAMESPACE": NAMESPACE,
         "PATCHSEEK_SHARDS": str(SHARDS),
         "PATCHSEEK_RAY_ADDRESS": s.cluster.address,
+        "PATCHSEEK_RAY_JOBS": "false",  # its uploads are ingested in-process; only searches fan out
         "PATCHSEEK_SHARD_TIMEOUT_S": str(timeout_s),
         "PATCHSEEK_WORKER_IN_PROCESS": "false",
         "RAY_USAGE_STATS_ENABLED": "0",

@@ -34,7 +34,6 @@ from patchseek.errors import (
 from patchseek.indexer.compress import CompressionConfig
 from patchseek.indexer.pipeline import EncodedDocument, encode_document, write_documents
 from patchseek.search.engine import IndexEngine
-from patchseek.types import PatchBag
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +67,20 @@ class _Encoded:
     collection_id: int
     version: IndexVersion
     encoded: EncodedDocument
+
+
+@dataclass(frozen=True)
+class _Ready:
+    """An encoded document written to ``segment`` (unpublished), its unit rows and patch counts."""
+
+    document_id: int
+    filename: str
+    key: str
+    collection_id: int
+    media_type: str
+    rows: list[dict[str, Any]]
+    n_patches: list[int]
+    segment: str
 
 
 @dataclass(frozen=True)
@@ -187,7 +200,9 @@ class IngestService:
 
     # -- processing -------------------------------------------------------------------------------
 
-    def run_job(self, job_id: int, progress: IngestProgressFn | None = None) -> Job:
+    def run_job(
+        self, job_id: int, progress: IngestProgressFn | None = None, *, ray_address: str | None = None
+    ) -> Job:
         """Ingest every pending document of a claimed job, recording per-document results.
 
         Documents are encoded one by one (a failure fails that document alone) and buffered; every
@@ -195,7 +210,13 @@ class IngestService:
         collection's index, published and then made visible by one database transaction
         (``_publish``). A job of small files therefore writes one segment. After every encoded unit the
         job's ``units_done``/``units_total`` (and heartbeat) are written and ``progress`` is called.
+
+        With ``ray_address`` (or ``PATCHSEEK_RAY_ADDRESS``, unless ``PATCHSEEK_RAY_JOBS=false``) the job
+        runs on that Ray cluster instead (``_run_on_cluster``).
         """
+        address = ray_address or self.ctx.settings.jobs_ray_address
+        if address:
+            return self._run_on_cluster(job_id, progress, address)
         with self.ctx.db.session() as session:
             job = session.get(Job, job_id)
             if job is None:
@@ -249,6 +270,11 @@ class IngestService:
                     queue = again + queue
         if interrupted and not cancelled:
             raise JobInterrupted("the process is shutting down")
+        return self._finish(job_id, cancelled)
+
+    def _finish(self, job_id: int, cancelled: bool) -> Job:
+        """The job's final status from its documents' results (documents never started of a cancelled
+        job are failed with ``cancelled``)."""
         with self.ctx.db.session() as session:
             job = session.get(Job, job_id)
             if job is None:
@@ -268,6 +294,139 @@ class IngestService:
                     doc.status, doc.error, doc.error_code = "failed", "the job was cancelled", "cancelled"
             job.finished_at = utcnow()
             return job
+
+    def _run_on_cluster(self, job_id: int, progress: IngestProgressFn | None, address: str) -> Job:
+        """The job as one Ray Data job on the cluster at ``address`` (``patchseek.indexer.distributed``):
+        its pending documents are rendered, encoded and written as segments there; here, every segment
+        is published in one manifest swap and every document made visible in one transaction
+        (``_commit``). A cancelled job publishes nothing (its documents are failed ``cancelled``); a
+        shutdown publishes nothing and re-queues the job (``JobInterrupted``), whose re-run skips the
+        documents already ready. Progress (units and documents) reaches the job row and ``progress``
+        every half second.
+        """
+        from patchseek.indexer.distributed import DocumentTask, encode_job, ray_options, run_distributed
+
+        with self.ctx.db.session() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                raise NotFoundError(f"job {job_id} does not exist")
+            queue = [int(d) for d in job.payload.get("document_ids", [])]
+            units_before, documents_before, documents_total = job.units_done, job.progress, job.total
+        cancelled = False
+        retries = 0
+        while queue:
+            with self.ctx.db.session() as session:
+                job = session.get(Job, job_id)
+                if job is None or job.status == "cancelled":
+                    cancelled = True
+                    break
+                docs = session.scalars(
+                    select(Document)
+                    .where(Document.id.in_(queue), Document.status == "pending")
+                    .order_by(Document.id)
+                ).all()
+                if not docs:
+                    break
+                tasks = [DocumentTask(d.id, d.filename, d.sha256) for d in docs]
+                keys = {d.id: d.sha256 for d in docs}
+                collection = session.get(Collection, docs[0].collection_id)
+                if collection is None:
+                    raise NotFoundError("the collection was deleted during ingestion")
+                version = active_version(session, collection)
+                session.expunge(version)
+            spec = encode_job(
+                self.ctx.settings,
+                self.ctx.blobs.root,
+                self.ctx.index_root(version.collection_id, version.number),
+                version,
+                self.ctx.read_options,
+            )
+            reported = [0]
+
+            def on_progress(
+                done: int,
+                expected: int,
+                documents: int,
+                before: int = units_before,
+                documents_before: int = documents_before,
+                reported: list[int] = reported,
+            ) -> None:
+                reported[0] = done
+                self._write_progress(
+                    job_id,
+                    units_done=before + done,
+                    units_total=before + expected,
+                    progress=min(documents_total, documents_before + documents),
+                )
+                if progress is not None:
+                    progress(
+                        IngestProgress(
+                            "",
+                            before + done,
+                            before + expected,
+                            documents_before + documents,
+                            documents_total,
+                        )
+                    )
+
+            started = time.perf_counter()
+            result = run_distributed(
+                spec,
+                tasks,
+                ray_options(self.ctx.settings, address),
+                progress=on_progress,
+                should_stop=lambda: self.ctx.stopping.is_set() or self._is_cancelled(job_id),
+            )
+            metrics.INGEST_SECONDS.inc(time.perf_counter() - started)
+            if result.cancelled:
+                if self._is_cancelled(job_id):
+                    cancelled = True
+                    break
+                raise JobInterrupted("the process is shutting down")
+            units_before += reported[0]
+            documents_before += len(result.outcomes)
+            self._record(
+                job_id,
+                [
+                    self._fail(o.document_id, o.filename, None, o.code or "internal_error", o.error or "")
+                    for o in result.outcomes
+                    if not o.ok
+                ],
+            )
+            ready = [
+                _Ready(
+                    o.document_id,
+                    o.filename,
+                    keys[o.document_id],
+                    version.collection_id,
+                    o.media_type or "",
+                    o.rows,
+                    o.n_patches,
+                    o.segment or "",
+                )
+                for o in result.outcomes
+                if o.ok
+            ]
+            queue = []
+            if ready:
+                results, again = self._commit(version, ready, result.segments)
+                self._record(job_id, results)
+                if again:  # a rebuild swapped versions meanwhile: encode those again for the new one
+                    retries += 1
+                    if retries > 3:
+                        conflict = ConflictError(
+                            "the index version kept changing during ingestion; upload again"
+                        )
+                        self._record(
+                            job_id, [self._fail(d, "", None, conflict.code, str(conflict)) for d in again]
+                        )
+                    else:
+                        queue = again  # still pending: ``_commit`` left them untouched
+        return self._finish(job_id, cancelled)
+
+    def _is_cancelled(self, job_id: int) -> bool:
+        with self.ctx.db.session() as session:
+            return session.scalar(select(Job.status).where(Job.id == job_id)) == "cancelled"
 
     def _record(self, job_id: int, results: list[DocumentResult]) -> None:
         if not results:
@@ -325,10 +484,32 @@ class IngestService:
         assert all(i.version.id == version.id for i in items)
         engine = self.ctx.version_index(version)
         segment = write_documents(engine, [(i.document_id, i.encoded) for i in items])
+        ready = [
+            _Ready(
+                i.document_id,
+                i.filename,
+                i.key,
+                i.collection_id,
+                i.encoded.media_type,
+                i.encoded.rows,
+                [b.n_patches for b in i.encoded.bags],
+                segment,
+            )
+            for i in items
+        ]
+        return self._commit(version, ready, [segment])
+
+    def _commit(
+        self, version: IndexVersion, items: list[_Ready], segments: list[str]
+    ) -> tuple[list[DocumentResult], list[int]]:
+        """Publish ``segments`` (holding ``items``, all of ``version``) in one manifest swap, then make
+        the documents visible in one transaction that records their segments. Returns the results and
+        the documents to encode again (their version was swapped out meanwhile)."""
+        engine = self.ctx.version_index(version)
         # Published before the commit: until it, the documents are pending and no search shows them;
         # a crash in between leaves rows that the re-run replaces (publish is an upsert per document).
         # The first fit of the collection's state waits until the documents are visible (below).
-        engine.publish([segment], fit=False)
+        engine.publish(segments, fit=False)
         results: list[DocumentResult] = []
         again: list[int] = []
         dropped: list[int] = []
@@ -364,7 +545,7 @@ class IngestService:
                             "duplicate",
                             None,
                             0,
-                            item.encoded.media_type,
+                            item.media_type,
                             "the same bytes are already in this collection",
                             "duplicate",
                             int(twin),
@@ -372,28 +553,13 @@ class IngestService:
                     )
                     continue
                 add_units(
-                    session,
-                    item.collection_id,
-                    version.id,
-                    item.document_id,
-                    item.encoded.rows,
-                    item.encoded.bags,
+                    session, item.collection_id, version.id, item.document_id, item.rows, item.n_patches
                 )
-                doc.status, doc.n_units, doc.media_type = (
-                    "ready",
-                    len(item.encoded.rows),
-                    item.encoded.media_type,
-                )
+                doc.status, doc.n_units, doc.media_type = "ready", len(item.rows), item.media_type
                 doc.error = doc.error_code = None
-                doc.segment = segment
+                doc.segment = item.segment
                 results.append(
-                    DocumentResult(
-                        item.filename,
-                        "ready",
-                        item.document_id,
-                        len(item.encoded.rows),
-                        item.encoded.media_type,
-                    )
+                    DocumentResult(item.filename, "ready", item.document_id, len(item.rows), item.media_type)
                 )
             if collection is not None and any(r.status == "ready" for r in results):
                 collection.generation += 1
@@ -540,18 +706,18 @@ def add_units(
     version_id: int,
     document_id: int,
     rows: Sequence[dict[str, Any]],
-    bags: Sequence[PatchBag],
+    n_patches: Sequence[int],
 ) -> None:
     """Insert a document's unit rows for one index version (their vectors live in its segments, found
-    by ``(document_id, ordinal)``)."""
-    for row, bag in zip(rows, bags, strict=True):
+    by ``(document_id, ordinal)``); ``n_patches`` is each unit's patch count."""
+    for row, n in zip(rows, n_patches, strict=True):
         session.add(
             Unit(
                 document_id=document_id,
                 collection_id=collection_id,
                 index_version_id=version_id,
                 patch_offset=0,
-                n_patches=bag.n_patches,
+                n_patches=int(n),
                 **row,
             )
         )

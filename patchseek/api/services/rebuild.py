@@ -53,8 +53,13 @@ class RebuildService:
         encoder: str | None = None,
         compression: dict[str, Any] | None = None,
         status: str = "queued",
+        reencode: bool = False,
     ) -> Job:
-        """Queue a rebuild; ``encoder`` / ``compression`` default to the collection's current ones."""
+        """Queue a rebuild; ``encoder`` / ``compression`` default to the collection's current ones.
+
+        A rebuild with the same encoder copies the stored vectors; ``reencode`` encodes every document
+        again from its original bytes (as a rebuild on a Ray cluster always does).
+        """
         with self.ctx.db.session() as session:
             collection = get_collection(session, collection_name)
             busy = session.scalar(
@@ -74,7 +79,7 @@ class RebuildService:
                 collection_id=collection.id,
                 kind="rebuild",
                 status=status,
-                payload={"encoder": encoder, "compression": compression},
+                payload={"encoder": encoder, "compression": compression, "reencode": reencode},
                 result={},
                 started_at=utcnow() if status == "running" else None,
             )
@@ -82,8 +87,14 @@ class RebuildService:
             session.flush()
             return job
 
-    def run_job(self, job_id: int) -> Job:
-        """Build the new version, swap it in, drop the old one."""
+    def run_job(self, job_id: int, *, ray_address: str | None = None) -> Job:
+        """Build the new version, swap it in, drop the old one.
+
+        With ``ray_address`` (or ``PATCHSEEK_RAY_ADDRESS``, unless ``PATCHSEEK_RAY_JOBS=false``) every
+        document is encoded again on that Ray cluster (``_fill_on_cluster``): a copy of the stored vectors
+        needs no cluster.
+        """
+        address = ray_address or self.ctx.settings.jobs_ray_address
         with self.ctx.db.session() as session:
             job = session.get(Job, job_id)
             if job is None:
@@ -95,10 +106,13 @@ class RebuildService:
             spec = job.payload.get("encoder") or collection.encoder
             compression = job.payload.get("compression")
             compression = collection.compression if compression is None else compression
+            reencode = bool(job.payload.get("reencode")) or bool(address)
             collection_id = collection.id
             old_id, old_number = old.id, old.number
             session.expunge(old)
         new, source = self._new_version(old, spec, compression, status="building")
+        if reencode:
+            source = None
         results: list[dict[str, Any]] = []
         engine = self.ctx.version_index(new)
 
@@ -114,7 +128,10 @@ class RebuildService:
 
         try:
             while True:
-                self._fill(engine, new, old_number, source, results, check)
+                if address:
+                    self._fill_on_cluster(engine, new, results, check, job_id, address)
+                else:
+                    self._fill(engine, new, old_number, source, results, check)
                 # Fit the codec and stage-1 centroids once, on a sample of the whole new version.
                 engine.fit()
                 if self._swap(collection_id, new, old_id):
@@ -293,6 +310,86 @@ class RebuildService:
                     batch, rows = [], 0
                 check(len(results), len(results) + len(missing) - n - 1)
 
+    def _fill_on_cluster(
+        self,
+        engine: Any,
+        new: IndexVersion,
+        results: list[dict[str, Any]],
+        check: Callable[[int, int], None],
+        job_id: int,
+        address: str,
+    ) -> None:
+        """``_fill`` as Ray Data jobs (``patchseek.indexer.distributed``): every document missing from
+        ``new`` is encoded from its original bytes on the cluster; each job's segments are published
+        (unfitted) in one manifest swap and its unit rows added in one transaction. The job row gets the
+        documents and units done every half second. ``check`` raises when the job is cancelled or the
+        process stops (the caller drops the new version)."""
+        from patchseek.indexer.distributed import DocumentTask, encode_job, ray_options, run_distributed
+
+        skipped: set[int] = set()
+        while missing := [m for m in self._missing(new.collection_id, new.id) if m[0] not in skipped]:
+            check(len(results), len(results) + len(missing))
+            before, total = len(results), len(results) + len(missing)
+
+            def on_progress(
+                done: int, expected: int, documents: int, before: int = before, total: int = total
+            ) -> None:
+                with self.ctx.db.session() as session:
+                    job = session.get(Job, job_id)
+                    if job is not None:
+                        job.progress, job.total = min(total, before + documents), total
+                        job.units_done, job.units_total, job.heartbeat_at = done, expected, utcnow()
+
+            def should_stop() -> bool:
+                with self.ctx.db.session() as session:
+                    status = session.scalar(select(Job.status).where(Job.id == job_id))
+                return self.ctx.stopping.is_set() or status == "cancelled"
+
+            result = run_distributed(
+                encode_job(
+                    self.ctx.settings,
+                    self.ctx.blobs.root,
+                    self.ctx.index_root(new.collection_id, new.number),
+                    new,
+                    self.ctx.read_options,
+                ),
+                [DocumentTask(d, f, k) for d, f, k in missing],
+                ray_options(self.ctx.settings, address),
+                progress=on_progress,
+                should_stop=should_stop,
+            )
+            if result.cancelled:
+                check(before, total)  # raises: cancelled, or the process is stopping
+                raise ConflictError("the rebuild was stopped")
+            for o in result.outcomes:
+                if o.ok:
+                    continue
+                # As ``_encode``: after the swap the document is marked failed, not silently gone.
+                with self.ctx.db.session() as session:
+                    doc = session.get(Document, o.document_id)
+                    if doc is not None:
+                        doc.status, doc.error, doc.error_code = "failed", f"rebuild: {o.error}", o.code
+                results.append(
+                    DocumentResult(o.filename, "failed", o.document_id, error=o.error, code=o.code).to_dict()
+                )
+                skipped.add(o.document_id)
+            if not result.segments:
+                continue
+            engine.publish(result.segments, fit=False)
+            gone = []
+            with self.ctx.db.session() as session:
+                for o in result.outcomes:
+                    if not o.ok:
+                        continue
+                    if session.get(Document, o.document_id) is None:  # deleted meanwhile
+                        gone.append(o.document_id)
+                        continue
+                    add_units(session, new.collection_id, new.id, o.document_id, o.rows, o.n_patches)
+                    results.append(DocumentResult(o.filename, "ready", o.document_id, len(o.rows)).to_dict())
+            if gone:
+                engine.delete_documents(gone)
+            check(len(results), total)
+
     def _missing(self, collection_id: int, version_id: int) -> list[tuple[int, str, str]]:
         """Ready documents that have no units in the new version yet."""
         with self.ctx.db.session() as session:
@@ -343,7 +440,14 @@ class RebuildService:
                 if session.get(Document, document_id) is None:  # deleted meanwhile
                     gone.append(document_id)
                     continue
-                add_units(session, new.collection_id, new.id, document_id, encoded.rows, encoded.bags)
+                add_units(
+                    session,
+                    new.collection_id,
+                    new.id,
+                    document_id,
+                    encoded.rows,
+                    [b.n_patches for b in encoded.bags],
+                )
                 out.append(DocumentResult(filename, "ready", document_id, len(encoded.rows)).to_dict())
         if gone:
             engine.delete_documents(gone)
