@@ -78,3 +78,17 @@ def test_the_job_sent_to_the_cluster_holds_no_secrets_and_pickles(tmp_path) -> N
     assert b"secret-key" not in blob and b"x.db" not in blob
     assert pickle.loads(blob) == job
     assert job.encoder_settings["encoder"] == "lexical" and job.compression == {"quantizer": "binary"}
+
+
+def test_an_object_store_is_refused_with_the_reason(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The cluster's tasks read and write the data dir's folders: with PATCHSEEK_STORAGE_URL (blobs and
+    segments on an object store) a distributed job says so instead of writing where no node reads."""
+    from patchseek.errors import InvalidInputError
+
+    settings = make_settings(tmp_path / "data", storage_url="memory://patchseek-test")
+
+    class Version:
+        encoder, dim, compression, collection_id, number = "lexical", 128, {}, 1, 1
+
+    with pytest.raises(InvalidInputError, match="PATCHSEEK_STORAGE_URL"):
+        encode_job(settings, None, tmp_path / "index", Version(), None)  # type: ignore[arg-type]
