@@ -728,7 +728,7 @@ class Snapshot:
             "flt": flt,
         }
         if self.plan is None or not self.plan.resident:
-            return self._search(query, **params)
+            return self.shortlist(query, **params).result(top_k_hits)
         return self._coalesced(query, params)
 
     def _coalesced(self, query: torch.Tensor, params: dict[str, Any]) -> EngineResult:
@@ -758,43 +758,6 @@ class Snapshot:
             self._turn.notify_all()
         return item.get()
 
-    def _search(
-        self,
-        query: torch.Tensor,
-        *,
-        top_k_hits: int = 10,
-        candidates: int = 100,
-        rerank: bool = True,
-        stage1: str = "auto",
-        stage1_k: int = 1000,
-        nprobe: int | None = None,
-        flt: Filter | None = None,
-        _batched: dict[int, np.ndarray] | None = None,
-    ) -> EngineResult:
-        """One search (see ``search``); ``_batched``: this query's rows of batched whole-segment scans.
-
-        On the device path (``plan.resident``, see ``patchseek.search.device``) every stage scores on the
-        plan's device: the dense scan and the codec-less exact stage 2 with ``maxsim`` on resident rows,
-        the codec's stage 2 with its kernel on resident codes, the FAISS centroid search there, and the
-        rerank with ``maxsim`` on rows gathered through a pinned buffer.
-
-        Stage 1 (``exact`` scan, ``dense`` summary scan or ``faiss`` lists) picks up to ``stage1_k``
-        units per segment; stage 2 scores them with the codec (codec-less: the dense scores, or exact
-        MaxSim after an exact scan / FAISS); the best ``candidates`` overall are re-scored exactly
-        (stage 3, with ``rerank`` and kept vectors) and the best ``top_k_hits`` returned.
-        """
-        return self.shortlist(
-            query,
-            top_k_hits=top_k_hits,
-            candidates=candidates,
-            rerank=rerank,
-            stage1=stage1,
-            stage1_k=stage1_k,
-            nprobe=nprobe,
-            flt=flt,
-            _batched=_batched,
-        ).result(top_k_hits)
-
     def shortlist(
         self,
         query: torch.Tensor,
@@ -811,7 +774,18 @@ class Snapshot:
         """``search`` up to its final cut: the ``keep`` best units by stage-2 score (``keep`` =
         ``max(candidates, top_k_hits)`` with a rerank, else ``top_k_hits``), re-scored exactly when
         stage 3 runs. ``search`` is ``shortlist(...).result(top_k_hits)``; a shard's shortlist holds every
-        unit of the whole snapshot's shortlist that lives in the shard (see ``merge_shortlists``)."""
+        unit of the whole snapshot's shortlist that lives in the shard (see ``merge_shortlists``).
+        ``_batched``: this query's rows of batched whole-segment scans (``search_many``).
+
+        Stage 1 (``exact`` scan, ``dense`` summary scan or ``faiss`` lists) picks up to ``stage1_k``
+        units per segment; stage 2 scores them with the codec (codec-less: the dense scores, or exact
+        MaxSim after an exact scan / FAISS); the best ``candidates`` overall are re-scored exactly
+        (stage 3, with ``rerank`` and kept vectors). On the device path (``plan.resident``, see
+        ``patchseek.search.device``) every stage scores on the plan's device: the dense scan and the
+        codec-less exact stage 2 with ``maxsim`` on resident rows, the codec's stage 2 with its kernel on
+        resident codes, the FAISS centroid search there, and the rerank with ``maxsim`` on rows gathered
+        through a pinned buffer.
+        """
         timings: dict[str, float] = {}
         q = query.detach().to("cpu", torch.float32)  # (n_q, dim)
         masks = self.live(flt)
@@ -977,7 +951,9 @@ class Snapshot:
         outs: list[EngineResult | BaseException] = []
         for i, q in enumerate(qs):
             try:
-                outs.append(self._search(q, **params, _batched=batched[i] or None))
+                outs.append(
+                    self.shortlist(q, **params, _batched=batched[i] or None).result(params["top_k_hits"])
+                )
             except Exception as exc:  # noqa: BLE001 - returned to that query's caller
                 outs.append(exc)
         return outs

@@ -17,13 +17,9 @@ from __future__ import annotations
 import io
 import os
 import random
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +38,7 @@ from patchseek.search.sharded import actor_name  # noqa: E402
 from tests.api.server import running_server  # noqa: E402
 from tests.api.subprocess_server import server_process  # noqa: E402
 from tests.conftest import make_settings  # noqa: E402
+from tests.ray.conftest import LocalCluster, start_local_cluster  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 N_DOCS, PAGES, WORDS = 16, 140, 12  # 2,240 pages
@@ -49,99 +46,6 @@ N_QUERIES = 50
 SHARDS = 2
 NAMESPACE = "patchseek-test"
 SETTINGS = {"ocr": False, "pdf_dpi": 36, "segment_rows": 1000, "ray_namespace": NAMESPACE}
-
-
-# ------------------------------------------------------------------------------------- the cluster
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Cluster:
-    address: str
-    temp_dir: Path
-    head: subprocess.Popen[bytes]
-    env: dict[str, str]
-
-    def processes(self) -> list[int]:
-        """Every live process of this cluster: the head's session, and whatever names its temp dir."""
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
-            try:
-                pid = int(entry.name)
-                if (
-                    os.getsid(pid) == self.head.pid
-                    or str(self.temp_dir).encode() in (entry / "cmdline").read_bytes()
-                ):
-                    found.append(pid)
-            except (OSError, ProcessLookupError):
-                continue
-        return found
-
-    def stop(self) -> None:
-        if self.head.poll() is None:
-            os.killpg(self.head.pid, signal.SIGTERM)  # ``ray start --block`` stops its processes
-            try:
-                self.head.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-        for _ in range(3):
-            left = self.processes()
-            if not left:
-                break
-            for pid in left:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.5)
-        if self.head.poll() is None:
-            self.head.kill()
-            self.head.wait()
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
-
-
-def _start_cluster(logs: Path) -> Cluster:
-    temp_dir = Path(tempfile.mkdtemp(prefix="psshard-", dir="/tmp"))  # Ray's socket paths stay short
-    port = _free_port()
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),  # the shard servers import this checkout's patchseek
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }
-    env.pop("RAY_ADDRESS", None)
-    cmd = [
-        str(Path(sys.executable).with_name("ray")),
-        "start",
-        "--head",
-        f"--port={port}",
-        f"--temp-dir={temp_dir}",
-        "--num-cpus=2",
-        "--num-gpus=0",
-        "--object-store-memory=200000000",
-        "--include-dashboard=false",
-        f"--dashboard-agent-listen-port={_free_port()}",
-        f"--ray-client-server-port={_free_port()}",
-        "--node-ip-address=127.0.0.1",
-        "--disable-usage-stats",
-        "--block",
-    ]
-    with (logs / "ray-head.log").open("wb") as out:
-        head = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    cluster = Cluster(f"127.0.0.1:{port}", temp_dir, head, env)
-    deadline = time.monotonic() + 90
-    while True:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return cluster
-        if head.poll() is not None or time.monotonic() > deadline:
-            cluster.stop()
-            raise RuntimeError(f"the Ray head did not start; see {logs / 'ray-head.log'}")
-        time.sleep(0.2)
 
 
 # ------------------------------------------------------------------------------------- the data
@@ -186,7 +90,7 @@ def _segments(data: Path) -> list[str]:
 
 @dataclass
 class Served:
-    cluster: Cluster
+    cluster: LocalCluster
     data: Path
     env: dict[str, str]
     queries: list[str]
@@ -198,7 +102,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """The cluster, the collection ingested by the CLI (both shards holding segments), the shard
     servers started by ``patchseek serve-shards``, and this process connected as a Ray driver."""
     root = tmp_path_factory.mktemp("sharded")
-    cluster = _start_cluster(root)
+    cluster = start_local_cluster(root, nodes=1, cpus=2)
     try:
         data = root / "data"
         env = {
