@@ -166,9 +166,11 @@ class DenseCandidateGenerator(CandidateGenerator):
         for s in range(0, n, per):
             e = min(n, s + per)
             # Tokens × rows, not rows × tokens: the max over a unit's R rows is then a reduction over
-            # the last, contiguous axis (~25% faster overall on a CPU than the strided one).
-            sims = (q @ flat[s * r : e * r].T).view(-1, e - s, r)  # (n_q, units, R)
-            out[s:e] = sims.amax(dim=2).float().sum(dim=0)
+            # the last, contiguous axis (~25% faster overall on a CPU than the strided one). The max runs
+            # in float32: torch's CPU bfloat16 max is not vectorised, and casting the block first made
+            # the whole scan ~1.6x faster (bench/engine.py, docs/BENCHMARKS.md).
+            sims = (q @ flat[s * r : e * r].T).float().view(-1, e - s, r)  # (n_q, units, R)
+            out[s:e] = sims.amax(dim=2).sum(dim=0)
         return out.cpu()
 
     def _impl(self, query: torch.Tensor, k: int, mask: np.ndarray | None) -> Candidates:

@@ -149,6 +149,17 @@ class FittedState:
     name: str
     compressor: Compressor | None
     coarse: np.ndarray | None
+    # The coarse centroids' two-level tree (``FaissCandidateGenerator.fit_tree``): top (k1, dim) and
+    # offsets (k1 + 1,). None for a state fitted before the tree (flat k-means, assigned through FAISS).
+    coarse_top: np.ndarray | None = None
+    coarse_offsets: np.ndarray | None = None
+
+    def assign(self, x: np.ndarray) -> np.ndarray:
+        """Coarse centroid of each row of x (n, dim): (n,) int32."""
+        assert self.coarse is not None
+        if self.coarse_top is not None and self.coarse_offsets is not None:
+            return FaissCandidateGenerator.assign_tree(x, self.coarse_top, self.coarse_offsets, self.coarse)
+        return FaissCandidateGenerator.assign(x, self.coarse)
 
     @property
     def centroids(self) -> np.ndarray | None:
@@ -163,7 +174,11 @@ class FittedState:
         folder = root / name
         compressor = Compressor.load(folder / "codec") if (folder / "codec").is_dir() else None
         coarse = np.load(folder / "coarse.npy") if (folder / "coarse.npy").exists() else None
-        return cls(name, compressor, coarse)
+        top, offsets = None, None
+        if (folder / "coarse_tree.npz").exists():
+            with np.load(folder / "coarse_tree.npz") as tree:
+                top, offsets = tree["top"], tree["offsets"]
+        return cls(name, compressor, coarse, top, offsets)
 
 
 @dataclass(frozen=True)
@@ -242,7 +257,7 @@ def derive_parts(
         if codec is not None:
             parts["codes"] = np.asarray(codec.quantizer.encode(x)) if n else _empty_codes(codec, x.shape[1])
         if state.coarse is not None:
-            coarse = FaissCandidateGenerator.assign(x, state.coarse) if n else np.zeros(0, np.int32)
+            coarse = state.assign(x) if n else np.zeros(0, np.int32)
             parts["coarse"] = coarse.astype(np.int32)
             if codec is None:  # the dense stage 1 of a codec-less collection
                 pooled, _, pooled_lengths = pool_by_centroid(x, coarse, batch.lengths)
@@ -1302,8 +1317,11 @@ class IndexEngine:
                 compressor.quantizer.fit(sample)
                 compressor.save(tmp / "codec")
             if k_coarse:
-                coarse = FaissCandidateGenerator.fit_centroids(coarse_sample, k_coarse, seed=self.config.seed)
+                coarse, top, offsets = FaissCandidateGenerator.fit_tree(
+                    coarse_sample, k_coarse, seed=self.config.seed
+                )
                 np.save(tmp / "coarse.npy", coarse)
+                np.savez(tmp / "coarse_tree.npz", top=top, offsets=offsets)
             self.files.save_state(name, tmp)
         state = self._state(name)
         assert state is not None

@@ -231,3 +231,54 @@ def test_entry_vectors_score_probed_lists_by_pooled_rows(data) -> None:  # type:
         for u in found.units.tolist()
     ]
     np.testing.assert_allclose(found.scores, expect, rtol=1e-4, atol=1e-4)
+
+
+class TestCoarseTree:
+    """The two-level coarse quantizer: its assignment is exactly the tree's (nearest top cell, then that
+    cell's nearest leaf), its leaves are a real k-means (far closer than random centroids), and cells
+    with no sample member still get a leaf."""
+
+    def _data(self, n: int = 6000, dim: int = 16, seed: int = 0) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        centers = rng.normal(size=(40, dim)).astype(np.float32)
+        return (centers[rng.integers(0, 40, n)] + 0.1 * rng.normal(size=(n, dim))).astype(np.float32)
+
+    def test_assignment_is_the_tree_path_and_the_leaves_quantize_well(self) -> None:
+        x = self._data()
+        leaves, top, offsets = FaissCandidateGenerator.fit_tree(x, 256, seed=0)
+        assert top.shape == (16, 16) and offsets[0] == 0 and offsets[-1] == leaves.shape[0] <= 256
+        assert np.all(np.diff(offsets) >= 1)
+        ids = FaissCandidateGenerator.assign_tree(x, top, offsets, leaves, probe=1, chunk=1000)
+        cell = ((x[:, None, :] - top[None]) ** 2).sum(-1).argmin(1)  # (n,) brute-force top cell
+        assert np.all(ids >= offsets[cell]) and np.all(ids < offsets[cell + 1])
+        for j in range(top.shape[0]):  # within its cell, each row's leaf is the nearest leaf
+            rows = np.flatnonzero(cell == j)
+            if rows.size:
+                d = ((x[rows, None, :] - leaves[None, offsets[j] : offsets[j + 1]]) ** 2).sum(-1)
+                np.testing.assert_array_equal(ids[rows], offsets[j] + d.argmin(1))
+        mse = ((x - leaves[ids]) ** 2).sum(1).mean()
+        rng = np.random.default_rng(1)
+        rand = x[rng.choice(x.shape[0], leaves.shape[0], replace=False)]
+        rand_mse = ((x[:, None, :] - rand[None]) ** 2).sum(-1).min(1).mean()
+        assert mse < 0.8 * rand_mse
+
+    def test_a_tiny_sample_still_gives_every_cell_a_leaf(self) -> None:
+        x = self._data(n=40)
+        leaves, top, offsets = FaissCandidateGenerator.fit_tree(x, 4096, seed=0)
+        assert leaves.shape[0] <= 40 and np.all(np.diff(offsets) >= 1)
+        ids = FaissCandidateGenerator.assign_tree(self._data(n=500, seed=3), top, offsets, leaves)
+        assert ids.min() >= 0 and ids.max() < leaves.shape[0]
+
+    def test_probing_two_cells_picks_the_nearest_of_their_leaves(self) -> None:
+        x = self._data(seed=5)
+        leaves, top, offsets = FaissCandidateGenerator.fit_tree(x, 256, seed=0)
+        ids = FaissCandidateGenerator.assign_tree(x, top, offsets, leaves, probe=2, chunk=700)
+        d_top = ((x[:, None, :] - top[None]) ** 2).sum(-1)
+        two = np.argsort(d_top, axis=1)[:, :2]  # (n, 2)
+        for i in range(0, x.shape[0], 97):
+            cand = np.concatenate([np.arange(offsets[c], offsets[c + 1]) for c in two[i]])
+            d = ((leaves[cand] - x[i]) ** 2).sum(-1)
+            assert np.isclose(d.min(), ((leaves[ids[i]] - x[i]) ** 2).sum(), rtol=1e-4, atol=1e-5)
+        one = FaissCandidateGenerator.assign_tree(x, top, offsets, leaves, probe=1)
+        err = lambda a: ((x - leaves[a]) ** 2).sum(1).mean()  # noqa: E731
+        assert err(ids) <= err(one)
