@@ -199,6 +199,42 @@ class TestLifecycle:
         _fill(engine, docs, n + 4, 8 * n, rng)
         assert engine.needs_refit()
 
+    def test_coarse_state_is_a_tree_and_a_flat_state_of_an_earlier_release_still_serves(
+        self, tmp_path: Path
+    ) -> None:
+        from patchseek.search.candidates import FaissCandidateGenerator
+
+        rng = np.random.default_rng(9)
+        engine = IndexEngine(tmp_path, DIM)
+        docs: dict[int, list[PatchBag]] = {}
+        _fill_one_segment(engine, docs, 1, 400, rng)  # 1,200 units: the dense stage 1 is fitted
+        m = read_manifest(tmp_path)
+        assert m.state is not None
+        tree = tmp_path / m.state / "coarse_tree.npz"
+        assert tree.exists()
+        state = engine.snapshot().state
+        assert state is not None and state.coarse_top is not None and state.coarse is not None
+        reader = engine.snapshot().readers[0]
+        x = np.concatenate([b.vectors.numpy() for d in sorted(docs) for b in docs[d] if b.n_patches])
+        assert reader.coarse is not None
+        np.testing.assert_array_equal(np.asarray(reader.coarse), state.assign(x.astype(np.float16)))
+        # A state written before the tree has only coarse.npy: it is assigned through FAISS, as then.
+        tree.unlink()
+        old = IndexEngine(tmp_path, DIM)
+        flat = old.snapshot().state
+        assert flat is not None and flat.coarse_top is None
+        _fill_one_segment(old, docs, 401, 30, rng)
+        snap = old.snapshot()
+        newest = max(snap.readers, key=lambda r: int(r.doc_ids.min()))
+        x_new = np.concatenate([b.vectors.numpy() for d in range(401, 431) for b in docs[d] if b.n_patches])
+        assert flat.coarse is not None and newest.coarse is not None
+        expect = FaissCandidateGenerator.assign(x_new.astype(np.float16).astype(np.float32), flat.coarse)
+        np.testing.assert_array_equal(np.asarray(newest.coarse), expect)
+        q = torch.from_numpy(rng.standard_normal((4, DIM)).astype(np.float32))
+        got = snap.search(q, top_k_hits=5, stage1="exact").hits
+        assert [(h.doc_id, h.ordinal) for h in got] == _exact_top(docs, q, 5)
+        assert len(snap.search(q, top_k_hits=5).hits) == 5  # the dense stage 1 serves too
+
     def test_a_fit_runs_outside_the_writer_lock(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
