@@ -36,6 +36,12 @@ class Settings(BaseSettings):
         default="cpu",
         description="index data that does not fit the device budget: stays on the CPU, or error",
     )
+    index_workers: int = Field(
+        default=0,
+        ge=0,
+        description="processes that share the index-side work of a write (the dense summaries); "
+        "0: the CPUs available, up to 8",
+    )
     max_image_pixels: int = Field(default=1024 * 1024, description="encoder input resolution cap")
 
     # sources

@@ -353,7 +353,11 @@ def _write(batch: dict[str, np.ndarray], *, job: EncodeJob, tracker: Any) -> dic
         docs = []
     if docs:
         engine = IndexEngine(
-            Path(job.index_root), job.dim, CompressionConfig.from_dict(job.compression), auto_fit=False
+            Path(job.index_root),
+            job.dim,
+            CompressionConfig.from_dict(job.compression),
+            auto_fit=False,
+            index_workers=1,  # Ray runs one such task per CPU already
         )
         segment = write_documents(engine, docs)
     encoded = dict(docs)

@@ -19,7 +19,12 @@ default up to ``DENSE_MAX_UNITS`` units; above that, the inverted lists are the 
 from __future__ import annotations
 
 import functools
+import logging
+import os
+import threading
 from collections.abc import Iterable
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +35,11 @@ from patchseek.errors import InvalidInputError
 from patchseek.indexer.compress.merge import ward_labels
 from patchseek.search.base import CandidateGenerator, Candidates, top_k
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_ROWS = 96  # summary rows per unit; 64 lost a third of the exact top 10 in the bench, 96 kept 0.99
 DENSE_MAX_UNITS = 200_000  # above this many units a CPU scan is slower than the inverted lists
+PARALLEL_MIN_UNITS = 64  # fewer units are summarised in this process: the hand-off costs more
 SCAN_CHUNK_ROWS = 32_768  # rows per matrix product: the (n_q, rows) block of sims stays in the L2 cache
 
 
@@ -46,7 +54,9 @@ def cpu_has_fast_bfloat16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def summarize_units(vectors: np.ndarray, lengths: np.ndarray, n_rows: int = DEFAULT_ROWS) -> np.ndarray:
+def summarize_units(
+    vectors: np.ndarray, lengths: np.ndarray, n_rows: int = DEFAULT_ROWS, *, workers: int = 1
+) -> np.ndarray:
     """Each unit's rows merged into ``n_rows`` Ward-cluster means: (n_units, n_rows, dim) float16.
 
     Parameters
@@ -58,12 +68,21 @@ def summarize_units(vectors: np.ndarray, lengths: np.ndarray, n_rows: int = DEFA
     n_rows : int
         Summary rows per unit. A unit with fewer distinct groups keeps its rows and repeats its first
         one (a repeated row never changes a maximum); a unit without rows is all zeros.
+    workers : int
+        Processes that share the units (``SummaryPool``): the Ward loop holds the GIL, so threads do not
+        help. The result is the same for any count; 1 (the default) runs here only.
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     if isinstance(n_rows, bool) or not isinstance(n_rows, int) or n_rows < 1:
         raise InvalidInputError(f"n_rows must be an integer >= 1, got {n_rows!r}")
     if int(lengths.sum()) != vectors.shape[0]:
         raise InvalidInputError("lengths must add up to the number of rows")
+    if workers > 1 and lengths.size >= PARALLEL_MIN_UNITS:
+        return SummaryPool.shared(workers).summarize(vectors, lengths, n_rows)
+    return _summarize_serial(vectors, lengths, n_rows)
+
+
+def _summarize_serial(vectors: np.ndarray, lengths: np.ndarray, n_rows: int) -> np.ndarray:
     out = np.zeros((lengths.size, n_rows, vectors.shape[1]), dtype=np.float16)
     starts = np.concatenate([[0], np.cumsum(lengths)])
     with threadpool_limits(1):  # one small product per unit: BLAS threads cost more than they give
@@ -81,6 +100,73 @@ def summarize_units(vectors: np.ndarray, lengths: np.ndarray, n_rows: int = DEFA
             out[u, : means.shape[0]] = means
             out[u, means.shape[0] :] = means[0]
     return out
+
+
+def default_index_workers() -> int:
+    """Processes for the index-side work of one writer: the CPUs this process may run on, up to 8."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(8, n))
+
+
+class SummaryPool:
+    """Ward summaries of a batch's units split across ``workers`` processes: this one and
+    ``workers - 1`` pool processes, each given a contiguous run of units with about the same rows.
+
+    The pool is loky's reusable executor (joblib's process pool): its processes are started fresh
+    (never a fork of this process, whose other threads may hold locks), without re-running the
+    caller's ``__main__``, stay up between batches and stop after ``IDLE_S`` idle. A pool process
+    that dies (killed, out of memory) costs only time: its units are summarised here, and the next
+    batch gets a new pool.
+    """
+
+    IDLE_S = 300
+
+    def __init__(self, workers: int) -> None:
+        self.workers = max(1, int(workers))
+
+    @classmethod
+    def shared(cls, workers: int) -> SummaryPool:
+        return cls(workers)
+
+    def summarize(self, vectors: np.ndarray, lengths: np.ndarray, n_rows: int) -> np.ndarray:
+        """Like ``summarize_units`` (the same array), with the units shared among the processes."""
+        from joblib.externals.loky import get_reusable_executor
+
+        starts = np.concatenate([[0], np.cumsum(lengths)])  # (n_units + 1,)
+        # Cut into ``workers`` runs of about equal rows (Ward costs ~rows² per unit; units are alike).
+        cuts = np.searchsorted(starts, np.linspace(0, starts[-1], self.workers + 1)[1:-1])
+        bounds = [0, *sorted({int(c) for c in cuts if 0 < c < lengths.size}), lengths.size]
+        runs = [(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]
+
+        def part(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+            return np.asarray(vectors[starts[a] : starts[b]]), lengths[a:b]
+
+        futures: list[Future[np.ndarray] | None] = []
+        with _POOL_LOCK:  # one resize at a time: the executor is process-wide
+            executor = get_reusable_executor(max_workers=self.workers - 1, timeout=self.IDLE_S)
+            for a, b in runs[:-1]:
+                try:
+                    futures.append(executor.submit(_summarize_serial, *part(a, b), n_rows))
+                except BrokenProcessPool:
+                    futures.append(None)
+        own = _summarize_serial(*part(*runs[-1]), n_rows)  # this process takes the last run meanwhile
+        out = []
+        for future, (a, b) in zip(futures, runs[:-1], strict=True):
+            try:
+                if future is None:
+                    raise BrokenProcessPool("the pool was broken before the task was submitted")
+                out.append(future.result())
+            except BrokenProcessPool:
+                logger.warning("a summary worker process died; summarising its units here")
+                out.append(_summarize_serial(*part(a, b), n_rows))
+        out.append(own)
+        return np.concatenate(out)
+
+
+_POOL_LOCK = threading.Lock()
 
 
 class DenseCandidateGenerator(CandidateGenerator):

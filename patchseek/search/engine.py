@@ -55,7 +55,13 @@ from patchseek.search.candidates import (
     has_faiss,
     pool_by_centroid,
 )
-from patchseek.search.dense import DEFAULT_ROWS, DENSE_MAX_UNITS, DenseCandidateGenerator, summarize_units
+from patchseek.search.dense import (
+    DEFAULT_ROWS,
+    DENSE_MAX_UNITS,
+    DenseCandidateGenerator,
+    default_index_workers,
+    summarize_units,
+)
 from patchseek.search.device import DevicePlan, budget_for
 from patchseek.search.files import IndexFiles
 from patchseek.search.manifest import Manifest, fit_lock
@@ -230,9 +236,15 @@ def _pow2_floor(n: int) -> int:
 
 # ----------------------------------------------------------------------------------- derivation
 def derive_parts(
-    batch: UnitBatch, config: CompressionConfig, state: FittedState | None, dense_rows: int = DEFAULT_ROWS
+    batch: UnitBatch,
+    config: CompressionConfig,
+    state: FittedState | None,
+    dense_rows: int = DEFAULT_ROWS,
+    *,
+    workers: int = 1,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Every part of a segment for ``batch`` under ``state``: (parts, meta)."""
+    """Every part of a segment for ``batch`` under ``state``: (parts, meta). ``workers`` processes
+    share the dense summaries (``summarize_units``); the parts are the same for any count."""
     n = int(batch.lengths.sum())
     offsets = np.concatenate([[0], np.cumsum(batch.lengths)]).astype(np.int64)  # (n_units + 1,)
     parts: dict[str, np.ndarray] = {
@@ -247,7 +259,7 @@ def derive_parts(
     keep = config.keep if codec is not None else "float16"  # nothing else can score an unfitted index
     x = np.asarray(batch.vectors, dtype=np.float32)  # (N, dim)
     if keep == "float16":
-        parts["vectors"] = batch.vectors.astype(np.float16)
+        parts["vectors"] = np.asarray(batch.vectors, dtype=np.float16)
     elif keep == "int8":
         scales = np.abs(x).max(axis=1) / 127.0 if n else np.zeros(0, np.float32)  # (N,)
         safe = np.where(scales > 0, scales, 1.0)[:, None]
@@ -261,7 +273,9 @@ def derive_parts(
             parts["coarse"] = coarse.astype(np.int32)
             if codec is None:  # the dense stage 1 of a codec-less collection
                 pooled, _, pooled_lengths = pool_by_centroid(x, coarse, batch.lengths)
-                parts["dense"] = summarize_units(pooled.astype(np.float16), pooled_lengths, dense_rows)
+                parts["dense"] = summarize_units(
+                    pooled.astype(np.float16), pooled_lengths, dense_rows, workers=workers
+                )
     meta = {"state": None if state is None else state.name, "dim": int(x.shape[1]), "keep": keep}
     return parts, meta
 
@@ -1119,6 +1133,7 @@ class IndexEngine:
         kernels: str = "auto",
         device_memory_bytes: int | None = None,
         device_fallback: str = "cpu",
+        index_workers: int | None = None,
     ) -> None:
         self.root = Path(root)
         # Where the version's files live: ``root`` itself by default, or any storage backend.
@@ -1132,6 +1147,8 @@ class IndexEngine:
         self.auto_fit = auto_fit
         self.merge_factor = max(2, int(merge_factor))
         self.dense_rows = dense_rows
+        # Processes for the index-side work of a write (``derive_parts``); None: the CPUs available.
+        self.index_workers = default_index_workers() if index_workers is None else max(1, int(index_workers))
         self._readers: dict[str, SegmentReader] = {}
         self._states: dict[str, FittedState] = {}
         self._snapshot: Snapshot | None = None
@@ -1185,7 +1202,7 @@ class IndexEngine:
         if batch.vectors.shape[1:] != (self.dim,):
             raise InvalidInputError(f"vectors must be (n, {self.dim}), got {batch.vectors.shape}")
         state = self._state(self.files.read_manifest().state)
-        parts, meta = derive_parts(batch, self.config, state, self.dense_rows)
+        parts, meta = derive_parts(batch, self.config, state, self.dense_rows, workers=self.index_workers)
         name = new_segment_name()
         self.files.write_segment(name, parts, {**meta, "n_units": batch.n_units})
         return name
@@ -1240,7 +1257,7 @@ class IndexEngine:
         """Rewrite a segment under ``state``; returns the new segment's name (the old file is removed
         unless ``keep_old``: the caller removes it once a manifest no longer lists it)."""
         batch = _batch_of(seg, np.ones(seg.parts["doc_ids"].shape[0], dtype=bool))
-        parts, meta = derive_parts(batch, self.config, state, self.dense_rows)
+        parts, meta = derive_parts(batch, self.config, state, self.dense_rows, workers=self.index_workers)
         name = new_segment_name()
         self.files.write_segment(name, parts, {**meta, "n_units": batch.n_units})
         if not keep_old:
@@ -1280,7 +1297,9 @@ class IndexEngine:
             # Rewrite every segment under the new state, one at a time (memory stays one segment's).
             rewritten: dict[str, str] = {}
             for r, d in zip(snap.readers, snap.deleted, strict=True):
-                parts, meta = derive_parts(_batch_of(r.file, ~d), self.config, state, self.dense_rows)
+                parts, meta = derive_parts(
+                    _batch_of(r.file, ~d), self.config, state, self.dense_rows, workers=self.index_workers
+                )
                 seg = new_segment_name()
                 self.files.write_segment(seg, parts, {**meta, "n_units": int((~d).sum())})
                 rewritten[r.name] = seg

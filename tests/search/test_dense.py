@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import numpy as np
 import pytest
 import torch
@@ -41,6 +44,34 @@ class TestSummarize:
             summarize_units(x, np.array([3]), n_rows=2)
         with pytest.raises(InvalidInputError):
             summarize_units(x, np.array([2]), n_rows=0)
+
+    @staticmethod
+    def _units(n_units: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        lengths = rng.integers(0, 160, n_units)  # (n_units,) some units without rows
+        lengths[::17] = 0
+        x = rng.standard_normal((int(lengths.sum()), 16)).astype(np.float16)  # (rows, 16)
+        return x, lengths
+
+    def test_processes_give_the_same_rows_as_one(self) -> None:
+        x, lengths = self._units(3 * dense_module.PARALLEL_MIN_UNITS)
+        one = summarize_units(x, lengths, n_rows=24)
+        for workers in (2, 3):
+            np.testing.assert_array_equal(summarize_units(x, lengths, n_rows=24, workers=workers), one)
+
+    def test_a_killed_pool_process_costs_only_time(self) -> None:
+        from joblib.externals.loky import get_reusable_executor
+
+        x, lengths = self._units(2 * dense_module.PARALLEL_MIN_UNITS, seed=1)
+        one = summarize_units(x, lengths, n_rows=24)
+        np.testing.assert_array_equal(summarize_units(x, lengths, n_rows=24, workers=2), one)
+        executor = get_reusable_executor(max_workers=1, timeout=dense_module.SummaryPool.IDLE_S)
+        pids = list(executor._processes)  # the pool's live process ids
+        assert pids, "the pool ran no process"
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        np.testing.assert_array_equal(summarize_units(x, lengths, n_rows=24, workers=2), one)
+        np.testing.assert_array_equal(summarize_units(x, lengths, n_rows=24, workers=2), one)  # a new pool
 
 
 class TestDenseGenerator:

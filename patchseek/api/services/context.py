@@ -128,6 +128,7 @@ class ServiceContext:
             kernels=self.settings.kernels,
             device_memory_bytes=self.settings.device_memory_bytes,
             device_fallback=self.settings.device_fallback,
+            index_workers=self.settings.index_workers or None,
         )
 
     def version_index(self, version: Any) -> IndexEngine:
