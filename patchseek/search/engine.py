@@ -333,6 +333,12 @@ class SegmentReader:
     def has_rerank(self) -> bool:
         return self.vectors is not None or self.vectors_i8 is not None
 
+    def prefetch(self, units: np.ndarray) -> None:
+        """Start reading the rerank rows of ``units`` (k,) from disk (``SegmentFile.prefetch``)."""
+        part = "vectors" if self.vectors is not None else "vectors_i8"
+        units = np.asarray(units, dtype=np.int64)
+        self.file.prefetch(part, self.offsets[units], self.offsets[units + 1])
+
     def rows_of(self, units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Row positions (n_rows,) of ``units`` (k,) and their packed offsets (k + 1,)."""
         return unit_rows(self.offsets, units)
@@ -906,6 +912,9 @@ class Snapshot:
         t0 = time.perf_counter()
         exact = np.empty(best.size, dtype=np.float32)
         seg_of, unit_of = best >> 32, best & 0xFFFFFFFF
+        if plan is None or not plan.resident:  # the candidates' rows of every segment load in parallel
+            for p in np.unique(seg_of).tolist():
+                self.readers[int(np.searchsorted(self.positions, p))].prefetch(unit_of[seg_of == p])
         for p in np.unique(seg_of).tolist():
             sel = np.flatnonzero(seg_of == p)
             exact[sel] = self.readers[int(np.searchsorted(self.positions, p))].exact(q, unit_of[sel], plan)

@@ -24,7 +24,7 @@ import os
 import struct
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +115,8 @@ class SegmentFile:
     parts: dict[str, np.ndarray]
     nbytes: int
     part_bytes: dict[str, int]
+    mapped: mmap.mmap | None = None
+    part_offsets: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def open(cls, path: str | Path) -> SegmentFile:
@@ -131,6 +133,7 @@ class SegmentFile:
             mapped = mmap.mmap(f.fileno(), total, access=mmap.ACCESS_READ) if total else None
         parts: dict[str, np.ndarray] = {}
         part_bytes: dict[str, int] = {}
+        part_offsets: dict[str, int] = {}
         for k, spec in header["parts"].items():
             dtype, shape = np.dtype(spec["dtype"]), tuple(int(s) for s in spec["shape"])
             count = int(np.prod(shape)) if shape else 1
@@ -141,11 +144,32 @@ class SegmentFile:
                     mapped, dtype=dtype, count=count, offset=int(spec["offset"])
                 ).reshape(shape)
             part_bytes[k] = count * dtype.itemsize
+            part_offsets[k] = int(spec["offset"])
         name = path.name[len(PREFIX) : -len(SUFFIX)]
-        return cls(path, name, dict(header["meta"]), parts, total, part_bytes)
+        return cls(path, name, dict(header["meta"]), parts, total, part_bytes, mapped, part_offsets)
 
     def get(self, part: str) -> np.ndarray | None:
         return self.parts.get(part)
+
+    def prefetch(self, part: str, starts: np.ndarray, stops: np.ndarray) -> None:
+        """Ask the kernel to read rows ``starts[i]:stops[i]`` of ``part`` into the page cache now
+        (``MADV_WILLNEED``, asynchronous): the reads of many scattered runs then overlap instead of
+        faulting in one page after another when the rows are gathered. A no-op where unsupported."""
+        arr = self.parts.get(part)
+        if self.mapped is None or arr is None or arr.ndim == 0 or not hasattr(mmap, "MADV_WILLNEED"):
+            return
+        row = int(arr.strides[0])
+        base = self.part_offsets[part]
+        page = mmap.PAGESIZE
+        for a, b in zip(np.asarray(starts).tolist(), np.asarray(stops).tolist(), strict=True):
+            if b <= a:
+                continue
+            lo = (base + a * row) // page * page
+            hi = min(self.nbytes, base + b * row)
+            try:
+                self.mapped.madvise(mmap.MADV_WILLNEED, lo, hi - lo)
+            except (OSError, ValueError):  # a hint only
+                return
 
 
 def list_segment_names(root: str | Path) -> list[str]:
