@@ -15,6 +15,7 @@ from rich.table import Table
 
 from patchseek.config import Settings
 from patchseek.errors import PatchseekError
+from patchseek.storage import StorageSpec
 
 app = typer.Typer(
     help="patchseek: multi-vector visual retrieval over PDFs, images and videos.",
@@ -649,7 +650,13 @@ def serve_shards(
             for name in collection:
                 version = active_version(session, get_collection(session, name))
                 root = ctx.index_root(version.collection_id, version.number).resolve()
-                versions[name] = (str(root), version.dim, dict(version.compression or {}))
+                versions[name] = (
+                    str(root),
+                    version.dim,
+                    dict(version.compression or {}),
+                    StorageSpec.from_settings(settings),
+                    ctx.index_prefix(version.collection_id, version.number),
+                )
     except PatchseekError as exc:
         _fail(exc)
         return
@@ -667,7 +674,7 @@ def serve_shards(
             count,
             namespace=settings.ray_namespace,
             num_cpus=num_cpus,
-            warm=warm if Path(warm[0]).is_dir() else None,
+            warm=warm if warm[3] is not None or Path(warm[0]).is_dir() else None,
         ):
             if as_json:
                 print(json.dumps(info))

@@ -53,7 +53,8 @@ from patchseek.indexer.pipeline import (
 )
 from patchseek.indexer.sources import ReadOptions
 from patchseek.search.engine import IndexEngine
-from patchseek.search.segments import segment_path
+from patchseek.search.files import IndexFiles
+from patchseek.storage import StorageSpec
 
 __all__ = [
     "ClusterProgress",
@@ -93,9 +94,11 @@ class DocumentTask:
 class EncodeJob:
     """What every task and actor of one job needs, all picklable and small.
 
-    ``blob_root`` is the blob store every node reads and writes (on one machine or a shared file
-    system, the data dir's ``blobs``); ``index_root`` the index version folder segments are written to;
-    ``encoder_settings`` the ``ENCODER_SETTINGS`` fields of ``Settings`` (``encoder`` the spec).
+    Where the job reads and writes: with ``storage`` None, folders every node mounts at the same
+    path (on one machine or a shared file system): ``blob_root`` the data dir's ``blobs`` and
+    ``index_root`` the index version folder segments are written to; with ``storage``, an object
+    store every node opens itself (``StorageSpec``), the version's segments under ``index_prefix``.
+    ``encoder_settings`` are the ``ENCODER_SETTINGS`` fields of ``Settings`` (``encoder`` the spec).
     """
 
     blob_root: str
@@ -105,6 +108,31 @@ class EncodeJob:
     encoder_settings: dict[str, Any]
     read_options: ReadOptions
     thumbnail_size: int = 256
+    storage: StorageSpec | None = None
+    index_prefix: str = ""
+
+    def blob_store(self) -> BlobStore:
+        if self.storage is None:
+            return BlobStore(Path(self.blob_root))
+        return BlobStore(self.storage.open(), "blobs/")
+
+    def index_files(self) -> IndexFiles:
+        """The index version's files as this node reaches them."""
+        if self.storage is None:
+            return IndexFiles.local(Path(self.index_root))
+        return IndexFiles.on_node(self.storage, self.index_prefix)
+
+    def engine(self) -> IndexEngine:
+        """A writer of unpublished segments of the index version (it never fits or publishes)."""
+        files = self.index_files()
+        return IndexEngine(
+            files.root,
+            self.dim,
+            CompressionConfig.from_dict(self.compression),
+            auto_fit=False,
+            files=files,
+            index_workers=1,  # Ray runs one such task per CPU already
+        )
 
 
 @dataclass(frozen=True)
@@ -258,7 +286,7 @@ def _render(row: dict[str, Any], *, job: EncodeJob, tracker: Any) -> dict[str, A
     if _cancelled(tracker):
         return _row(document_id, filename, code="cancelled", error="the job was cancelled")
     try:
-        blobs = BlobStore(Path(job.blob_root))
+        blobs = job.blob_store()
         rendered = render_document(
             blobs.get(str(row["blob_key"])),
             read_options=job.read_options,
@@ -352,14 +380,7 @@ def _write(batch: dict[str, np.ndarray], *, job: EncodeJob, tracker: Any) -> dic
         rows = [{**r, "code": "cancelled", "error": "the job was cancelled"} for r in rows]
         docs = []
     if docs:
-        engine = IndexEngine(
-            Path(job.index_root),
-            job.dim,
-            CompressionConfig.from_dict(job.compression),
-            auto_fit=False,
-            index_workers=1,  # Ray runs one such task per CPU already
-        )
-        segment = write_documents(engine, docs)
+        segment = write_documents(job.engine(), docs)
     encoded = dict(docs)
     out = []
     for r in rows:
@@ -516,15 +537,15 @@ def run_distributed(
         stop.set()
         watcher.join()
         if cancelled.is_set() or any(o.code == "cancelled" for o in outcomes.values()):
-            _remove(job.index_root, written)
+            _remove(job, written)
             return DistributedResult([], [], cancelled=True)
         if progress is not None:
             progress(*ray.get(tracker.counts.remote()))
         used = {o.segment for o in outcomes.values() if o.segment}
-        _remove(job.index_root, [s for s in written if s not in used])
+        _remove(job, [s for s in written if s not in used])
         return DistributedResult([outcomes[d] for d in sorted(outcomes)], [s for s in written if s in used])
     except BaseException:
-        _remove(job.index_root, written)
+        _remove(job, written)
         raise
     finally:
         stop.set()
@@ -571,36 +592,50 @@ def _outcome(row: dict[str, Any]) -> DocumentOutcome:
     )
 
 
-def _remove(index_root: str, segments: Sequence[str]) -> None:
+def _remove(job: EncodeJob, segments: Sequence[str]) -> None:
     """Delete unpublished segment files (a failed or cancelled job's)."""
+    if not segments:
+        return
+    files = job.index_files()
     for name in segments:
-        segment_path(index_root, name).unlink(missing_ok=True)
+        try:
+            files.delete_segment(name)
+        except Exception:  # an unlisted file left behind is the engine's gc's to remove
+            log.warning("could not remove the unpublished segment %s", name, exc_info=True)
 
 
 def encode_job(
-    settings: Any, blob_root: Path | None, index_root: Path, version: Any, read_options: ReadOptions
+    settings: Any,
+    blob_root: Path | None,
+    index_root: Path,
+    version: Any,
+    read_options: ReadOptions,
+    *,
+    index_prefix: str | None = None,
 ) -> EncodeJob:
     """The ``EncodeJob`` of an index version (``version.encoder``, ``.dim``, ``.compression``) from
-    ``Settings``: only the encoder's settings are sent to the cluster.
+    ``Settings``: only the encoder's and the store's settings are sent to the cluster.
 
-    The cluster's tasks read blobs and write segments in the data dir's folders (every node mounts it
-    at the same path); blobs on an object store (``blob_root`` None) are refused with a clear error."""
-    if blob_root is None or getattr(settings, "storage_url", None):
-        raise InvalidInputError(
-            "distributed jobs (--ray / PATCHSEEK_RAY_ADDRESS) read and write the data dir's folders, "
-            "which every node must mount at the same path; with PATCHSEEK_STORAGE_URL set they are not "
-            "supported yet: run the job in-process"
-        )
+    With ``PATCHSEEK_STORAGE_URL`` set, every node opens that store and the job writes the version's
+    segments under ``index_prefix`` there; else the cluster's tasks read blobs and write segments in
+    the data dir's folders, which every node must mount at the same path."""
+    storage = StorageSpec.from_settings(settings)
+    if storage is not None and index_prefix is None:
+        raise InvalidInputError("a distributed job on an object store needs the index version's prefix")
+    if storage is None and blob_root is None:
+        raise InvalidInputError("a distributed job needs the blob store's folder or PATCHSEEK_STORAGE_URL")
     encoder_settings = {k: getattr(settings, k) for k in ENCODER_SETTINGS}
     encoder_settings["encoder"] = version.encoder
     return EncodeJob(
-        blob_root=str(Path(blob_root).resolve()),
+        blob_root="" if blob_root is None else str(Path(blob_root).resolve()),
         index_root=str(Path(index_root).resolve()),
         dim=int(version.dim),
         compression=dict(version.compression or {}),
         encoder_settings=encoder_settings,
         read_options=read_options,
         thumbnail_size=int(settings.thumbnail_size),
+        storage=storage,
+        index_prefix=index_prefix or "",
     )
 
 

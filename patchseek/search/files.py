@@ -58,7 +58,7 @@ from patchseek.search.manifest import (
     write_manifest,
 )
 from patchseek.search.segments import PREFIX, SUFFIX, SegmentFile, remove_stale_temp, write_segment_file
-from patchseek.storage import LocalStorage, ObjectNotFoundError, Storage
+from patchseek.storage import LocalStorage, ObjectNotFoundError, Storage, StorageSpec
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,18 @@ class IndexFiles:
         """The files of a local version folder ``root`` (the engine's default)."""
         root = Path(root)
         return cls(LocalStorage(root), "", scratch=root)
+
+    @classmethod
+    def on_node(cls, spec: StorageSpec, prefix: str) -> IndexFiles:
+        """The files of the version at ``prefix`` of the store ``spec``, as a cluster node opens them
+        (its own client; scratch space in the node's folder for the store)."""
+        return cls(
+            spec.open(),
+            prefix,
+            scratch=spec.node_folder() / "scratch" / prefix,
+            poll_s=spec.poll_s,
+            lock_seconds=spec.lock_seconds,
+        )
 
     @property
     def url(self) -> str:

@@ -34,8 +34,10 @@ import torch
 
 from patchseek.errors import MissingDependencyError, PatchseekError
 from patchseek.indexer.compress import CompressionConfig
-from patchseek.search.engine import REGISTRY, EngineResult, Filter, Shortlist, Snapshot
+from patchseek.search.engine import REGISTRY, EngineResult, Filter, IndexEngine, Shortlist, Snapshot
+from patchseek.search.files import IndexFiles
 from patchseek.search.shards import MergeMode, merge_shortlists
+from patchseek.storage import StorageSpec
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +61,10 @@ def actor_name(collection: str, index: int, count: int) -> str:
 
 @dataclass(frozen=True)
 class ShardRequest:
-    """One search for a shard: the version folder (``root``, ``dim``, ``compression``), the query's token
-    vectors (n_q, dim) float32, the three stages' knobs and the filter (its ``visible`` ids travel as a
-    separate argument, from the object store)."""
+    """One search for a shard: the index version (``root``, ``dim``, ``compression``; on an object store
+    also ``storage`` and the version's ``prefix`` in it, ``root`` then naming it only), the query's
+    token vectors (n_q, dim) float32, the three stages' knobs and the filter (its ``visible`` ids travel
+    as a separate argument, from Ray's object store)."""
 
     root: str
     dim: int
@@ -74,6 +77,8 @@ class ShardRequest:
     stage1_k: int = 1000
     nprobe: int | None = None
     flt: Filter = field(default_factory=Filter)
+    storage: StorageSpec | None = None
+    prefix: str = ""
 
 
 class ShardServer:
@@ -87,17 +92,40 @@ class ShardServer:
         if threads is not None:  # an actor's process: as many scoring threads as the CPUs Ray gave it
             torch.set_num_threads(max(1, threads))
         self._views: dict[str, tuple[Snapshot, Snapshot]] = {}  # root -> (snapshot, its shard)
+        self._engines: dict[tuple[str, str], IndexEngine] = {}  # (store URL, prefix) -> its engine
         self._lock = threading.Lock()
 
     def ping(self) -> dict[str, Any]:
         """Who this is: collection, shard, count and process id."""
         return {"collection": self.collection, "shard": self.index, "count": self.count, "pid": os.getpid()}
 
-    def _view(self, root: str, dim: int, compression: dict[str, Any]) -> Snapshot:
+    def _engine(
+        self, root: str, dim: int, compression: dict[str, Any], storage: StorageSpec | None, prefix: str
+    ) -> IndexEngine:
+        config = CompressionConfig.from_dict(compression)
+        if storage is None:  # a version folder every node mounts at the same path
+            return REGISTRY.get(root, dim, config, device=self.device)
+        key = (storage.url, prefix)
+        with self._lock:
+            engine = self._engines.get(key)
+        if engine is None:  # one client of the store per version, opened on this node
+            files = IndexFiles.on_node(storage, prefix)
+            engine = REGISTRY.get(files.root, dim, config, device=self.device, files=files)
+            with self._lock:
+                engine = self._engines.setdefault(key, engine)
+        return engine
+
+    def _view(
+        self,
+        root: str,
+        dim: int,
+        compression: dict[str, Any],
+        storage: StorageSpec | None = None,
+        prefix: str = "",
+    ) -> Snapshot:
         """This shard of the version's current snapshot (re-cut only when the manifest changed: the
         engine hands back the same snapshot object until then, with its cached filter masks)."""
-        engine = REGISTRY.get(root, dim, CompressionConfig.from_dict(compression), device=self.device)
-        snap = engine.snapshot()
+        snap = self._engine(root, dim, compression, storage, prefix).snapshot()
         with self._lock:
             cached = self._views.get(root)
             if cached is not None and cached[0] is snap:
@@ -110,7 +138,7 @@ class ShardServer:
     def search(self, request: ShardRequest, visible: np.ndarray | None = None) -> Shortlist:
         """The shard's shortlist for ``request`` (``Snapshot.shortlist``); ``visible`` replaces the
         filter's (sorted document ids, None: every document)."""
-        view = self._view(request.root, request.dim, request.compression)
+        view = self._view(request.root, request.dim, request.compression, request.storage, request.prefix)
         flt = replace(request.flt, visible=visible) if visible is not None else request.flt
         return view.shortlist(
             torch.from_numpy(np.asarray(request.query, dtype=np.float32)),
@@ -123,10 +151,17 @@ class ShardServer:
             flt=flt,
         )
 
-    def warm(self, root: str, dim: int, compression: dict[str, Any]) -> dict[str, Any]:
+    def warm(
+        self,
+        root: str,
+        dim: int,
+        compression: dict[str, Any],
+        storage: StorageSpec | None = None,
+        prefix: str = "",
+    ) -> dict[str, Any]:
         """Load the shard's stage-1 data (dense rows, FAISS lists) now rather than on the first search;
         returns the shard's segments and units."""
-        view = self._view(root, dim, compression)
+        view = self._view(root, dim, compression, storage, prefix)
         kind = view.stage1_kind()
         for r in view.readers:
             if kind == "dense" and r.dense_rows is not None:
@@ -242,6 +277,8 @@ class ShardClient:
         stage1_k: int,
         nprobe: int | None,
         flt: Filter,
+        storage: StorageSpec | None = None,
+        prefix: str = "",
     ) -> ShardedResult:
         """Fan ``query`` (n_q, dim) out to every shard, wait up to ``timeout_s``, merge what answered.
 
@@ -264,6 +301,8 @@ class ShardClient:
             stage1_k=stage1_k,
             nprobe=nprobe,
             flt=replace(flt, visible=None),
+            storage=storage,
+            prefix=prefix,
         )
         visible = self._visible_ref(collection, flt)
         got, missing = self._gather(ray, collection, range(self.count), request, visible, started)
@@ -338,11 +377,12 @@ def start_shards(
     num_cpus: float = 1.0,
     device: str = "cpu",
     concurrency: int = 4,
-    warm: tuple[str, int, dict[str, Any]] | None = None,
+    warm: tuple[Any, ...] | None = None,
 ) -> list[dict[str, Any]]:
     """Start (or find running) the ``count`` shard servers of ``collection`` as detached named actors
-    that outlive this process; Ray restarts one whose process dies. ``warm`` (root, dim, compression):
-    load each shard's stage-1 data of that version now. Returns each shard's ``ping`` (plus ``warm``)."""
+    that outlive this process; Ray restarts one whose process dies. ``warm`` (``ShardServer.warm``'s
+    arguments: root, dim, compression[, storage, prefix]): load each shard's stage-1 data of that
+    version now. Returns each shard's ``ping`` (plus ``warm``)."""
     ray = _ray()
     if count < 1:
         raise ValueError("count must be >= 1")

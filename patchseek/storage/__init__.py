@@ -17,6 +17,7 @@ from patchseek.storage.base import (
 )
 from patchseek.storage.cache import ReadCache
 from patchseek.storage.local import LocalStorage
+from patchseek.storage.spec import StorageSpec
 
 if TYPE_CHECKING:
     from patchseek.config import Settings
@@ -29,6 +30,7 @@ __all__ = [
     "ObjectNotFoundError",
     "ReadCache",
     "Storage",
+    "StorageSpec",
     "StorageUnavailableError",
     "check_name",
     "open_storage",

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.storage.conftest import s3_server  # noqa: F401  (moto's S3 server, for the jobs on an object store)
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -377,3 +377,184 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+# ------------------------------------------------------------------------------- the data on S3
+from tests.storage.conftest import KEY, REGION, SECRET, S3Server  # noqa: E402
+
+
+@pytest.fixture
+def s3_ctx(tmp_path, connected, s3_server: S3Server):  # type: ignore[no-untyped-def]
+    """A service whose blobs and segments are in a bucket of moto's S3 server (real HTTP), which every
+    Ray task opens itself; the data dir holds only the database and caches."""
+    bucket = s3_server.new_bucket()
+    settings = make_settings(
+        tmp_path / "data",
+        ocr=False,
+        ray_docs_per_segment=8,
+        job_heartbeat_seconds=1,
+        storage_url=f"s3://{bucket}/cluster",
+        storage_endpoint_url=s3_server.endpoint,
+        storage_key=KEY,
+        storage_secret=SECRET,
+        storage_region=REGION,
+        storage_poll_seconds=0,
+    )
+    ctx = ServiceContext.from_settings(settings)
+    yield ctx, bucket
+    ctx.close()
+
+
+def _segment_keys(s3: S3Server, bucket: str, prefix: str) -> set[str]:
+    pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"cluster/{prefix}")
+    return {o["Key"] for page in pages for o in page.get("Contents", []) if o["Key"].endswith(".seg")}
+
+
+def test_ingest_and_rebuild_on_the_cluster_with_the_data_on_s3(s3_ctx, s3_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ctx, bucket = s3_ctx
+    files = write_pdfs(tmp_path / "pdfs", n=16)
+    assert ingest(ctx, "local", files).status == "succeeded"
+    job = ingest(ctx, "ray", files, ray_address="auto")
+    assert job.status == "succeeded", job.error
+    assert units_of(ctx, "ray") == units_of(ctx, "local")
+    assert hits_of(ctx, "ray") == hits_of(ctx, "local")
+    assert hits_of(ctx, "ray")[0][0][1:] == ("doc007.pdf", 1)
+    _, version = version_folder(ctx, "ray")
+    prefix = ctx.index_prefix(version.collection_id, version.number)
+    # Each writer task put its own segment (8 documents) into the bucket; all of them are published.
+    keys = _segment_keys(s3_server, bucket, prefix)
+    assert len(keys) == 2
+    assert {k.rsplit("/", 1)[1] for k in keys} == {
+        f"seg-{n}.seg"
+        for n in ctx.index_files(version.collection_id, version.number).read_manifest().segments
+    }
+    assert (
+        not (ctx.settings.data_dir / "segments").exists() and not (ctx.settings.data_dir / "blobs").exists()
+    )
+
+    rebuild = RebuildService(ctx)
+    local = rebuild.run_job(rebuild.submit("local", status="running", reencode=True).id)
+    distributed = rebuild.run_job(
+        rebuild.submit("ray", status="running", reencode=True).id, ray_address="auto"
+    )
+    assert (local.status, distributed.status) == ("succeeded", "succeeded"), distributed.error
+    assert distributed.result["index_version"] == 2
+    assert units_of(ctx, "ray") == units_of(ctx, "local")
+    assert hits_of(ctx, "ray") == hits_of(ctx, "local")
+    assert len(_segment_keys(s3_server, bucket, ctx.index_prefix(version.collection_id, 2))) == 2
+
+
+def test_a_cancelled_job_with_the_data_on_s3_publishes_nothing(s3_ctx, s3_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ctx, bucket = s3_ctx
+    files = write_pdfs(tmp_path / "pdfs", n=40, pages=4)
+    assert ingest(ctx, "c", files[:1]).status == "succeeded"
+    _, version = version_folder(ctx, "c")
+    index = ctx.index_files(version.collection_id, version.number)
+    prefix = ctx.index_prefix(version.collection_id, version.number)
+    manifest_before, keys_before = index.read_manifest().segments, _segment_keys(s3_server, bucket, prefix)
+    units_before = units_of(ctx, "c")
+    service = IngestService(ctx)
+    job = service.submit("c", [(p.name, p.read_bytes()) for p in files[1:]], status="running")
+
+    def cancel_once_started() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with ctx.db.session() as session:
+                row = session.get(Job, job.id)
+                if row is not None and row.units_done > 0:
+                    break
+            time.sleep(0.1)
+        JobService(ctx).cancel(job.id)
+
+    canceller = threading.Thread(target=cancel_once_started)
+    canceller.start()
+    done = service.run_job(job.id, ray_address="auto")
+    canceller.join()
+    assert done.status == "cancelled"
+    assert 0 < done.units_done < 4 * 39
+    assert index.read_manifest().segments == manifest_before
+    # The segments the driver saw are deleted from the bucket; one a writer task was finishing at the
+    # cancel is an unlisted object, which the engine's gc removes.
+    assert len(_segment_keys(s3_server, bucket, prefix) - keys_before) <= 1
+    ctx.version_index(version).gc(grace_s=0)
+    assert _segment_keys(s3_server, bucket, prefix) == keys_before
+    assert units_of(ctx, "c") == units_before
+    assert SearchService(ctx).search("c", query="record20", top_k=5).hits[0].document == "doc000.pdf"
+
+
+def test_two_shards_with_the_data_on_s3_answer_like_the_unsharded_collection(
+    s3_ctx, connected, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """Shard servers (Ray actors) open the index version from the bucket themselves: the sharded
+    answer is the unsharded one (same units, scores within float tolerance)."""
+    from patchseek.search.engine import shard_of
+    from patchseek.search.sharded import start_shards, stop_shards
+    from patchseek.storage import StorageSpec
+
+    ctx, _ = s3_ctx
+    files = write_pdfs(tmp_path / "pdfs", n=16)
+    for i, path in enumerate(files):  # one job (one segment) per file until both shards hold segments
+        assert ingest(ctx, "s", [path]).status == "succeeded"
+        _, version = version_folder(ctx, "s")
+        names = ctx.index_files(version.collection_id, version.number).read_manifest().segments
+        if i >= 7 and {shard_of(n, 2) for n in names} == {0, 1}:
+            break
+    assert {shard_of(n, 2) for n in names} == {0, 1}
+    namespace = "patchseek-s3-test"
+    warm = (
+        str(ctx.index_root(version.collection_id, version.number)),
+        version.dim,
+        dict(version.compression or {}),
+        StorageSpec.from_settings(ctx.settings),
+        ctx.index_prefix(version.collection_id, version.number),
+    )
+    sharded = ServiceContext.from_settings(
+        ctx.settings.model_copy(
+            update={"shards": 2, "ray_address": connected.address, "ray_namespace": namespace}
+        )
+    )
+    try:
+        info = start_shards(connected.address, "s", 2, namespace=namespace, num_cpus=0.25, warm=warm)
+        assert sum(i["segments"] for i in info) == len(names) and all(i["segments"] for i in info)
+        for q in QUERIES:
+            one = SearchService(ctx).search("s", query=q, top_k=10)
+            two = SearchService(sharded).search("s", query=q, top_k=10)
+            assert not two.partial and one.hits
+            assert [(h.document, h.page) for h in two.hits] == [(h.document, h.page) for h in one.hits]
+            assert [h.score for h in two.hits] == pytest.approx([h.score for h in one.hits], abs=1e-4)
+    finally:
+        stop_shards(connected.address, "s", 2, namespace=namespace)
+        sharded.close()
+
+
+def test_an_api_upload_over_http_is_indexed_on_the_cluster_with_the_data_on_s3(
+    s3_ctx, connected, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """The API with PATCHSEEK_RAY_ADDRESS and its in-process worker: an upload over HTTP becomes a Ray
+    Data job (its write tasks' segments, 8 documents each, in the bucket), reports its progress in the
+    job, and searches like the single-process ingest."""
+    from tests.api.server import running_server, wait_for_job
+
+    ctx, _ = s3_ctx
+    files = write_pdfs(tmp_path / "pdfs", n=16)
+    assert ingest(ctx, "local", files).status == "succeeded"
+    settings = ctx.settings.model_copy(update={"ray_address": connected.address, "worker_in_process": True})
+    with running_server(settings) as client:
+        assert client.post("/v1/collections", json={"name": "api"}).status_code == 201
+        r = client.post(
+            "/v1/collections/api/documents",
+            files=[("files", (p.name, p.read_bytes(), "application/pdf")) for p in files],
+        )
+        assert r.status_code == 202, r.text
+        job = wait_for_job(client, r.json()["id"])
+        assert job["status"] == "succeeded", job
+        assert (job["units_done"], job["units_total"]) == (32, 32)
+        # Every unit's hit, best first; equal scores (ties, whose order follows the segments' layout)
+        # by name and page, as ``hits_of`` compares them.
+        got = []
+        for q in QUERIES:
+            r = client.post("/v1/collections/api/search", json={"query": q, "top_k": 64})
+            got.append(sorted((-round(h["score"], 4), h["document"], h["page"]) for h in r.json()["hits"]))
+    assert got == hits_of(ctx, "local")
+    _, version = version_folder(ctx, "api")
+    assert len(ctx.index_files(version.collection_id, version.number).read_manifest().segments) == 2

@@ -80,15 +80,38 @@ def test_the_job_sent_to_the_cluster_holds_no_secrets_and_pickles(tmp_path) -> N
     assert job.encoder_settings["encoder"] == "lexical" and job.compression == {"quantizer": "binary"}
 
 
-def test_an_object_store_is_refused_with_the_reason(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """The cluster's tasks read and write the data dir's folders: with PATCHSEEK_STORAGE_URL (blobs and
-    segments on an object store) a distributed job says so instead of writing where no node reads."""
+def test_a_job_on_an_object_store_names_the_store_and_the_version_prefix(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """With PATCHSEEK_STORAGE_URL every node opens the store itself: the job carries its URL, fsspec
+    options and the version's prefix (never the database URL or API keys); without a store or a blob
+    folder there is nowhere to read from, which is said."""
     from patchseek.errors import InvalidInputError
+    from patchseek.storage import StorageSpec
 
-    settings = make_settings(tmp_path / "data", storage_url="memory://patchseek-test")
+    settings = make_settings(
+        tmp_path / "data",
+        storage_url="s3://bucket/data",
+        storage_endpoint_url="http://127.0.0.1:9",
+        api_keys=["secret-key"],
+        database_url="sqlite:///" + str(tmp_path / "x.db"),
+    )
 
     class Version:
         encoder, dim, compression, collection_id, number = "lexical", 128, {}, 1, 1
 
+    job = encode_job(settings, None, tmp_path / "scratch", Version(), None, index_prefix="segments/1/v1/")  # type: ignore[arg-type]
+    assert job.storage == StorageSpec(
+        "s3://bucket/data",
+        {"endpoint_url": "http://127.0.0.1:9"},
+        cache_bytes=1 << 30,
+        lock_seconds=settings.storage_lock_seconds,
+        poll_s=settings.storage_poll_seconds,
+    )
+    assert job.index_prefix == "segments/1/v1/"
+    blob = pickle.dumps(job)
+    assert b"secret-key" not in blob and b"x.db" not in blob
+    assert pickle.loads(blob) == job
+    with pytest.raises(InvalidInputError, match="prefix"):
+        encode_job(settings, None, tmp_path / "scratch", Version(), None)  # type: ignore[arg-type]
+    local = make_settings(tmp_path / "data")
     with pytest.raises(InvalidInputError, match="PATCHSEEK_STORAGE_URL"):
-        encode_job(settings, None, tmp_path / "index", Version(), None)  # type: ignore[arg-type]
+        encode_job(local, None, tmp_path / "index", Version(), None)  # type: ignore[arg-type]

@@ -85,7 +85,7 @@ class ServiceContext:
         )
 
     @staticmethod
-    def _index_prefix(collection_id: int, version_number: int | None = None) -> str:
+    def index_prefix(collection_id: int, version_number: int | None = None) -> str:
         prefix = f"segments/{int(collection_id)}/"
         return prefix if version_number is None else f"{prefix}v{int(version_number)}/"
 
@@ -101,14 +101,14 @@ class ServiceContext:
     def index_root(self, collection_id: int, version_number: int) -> Path:
         """The local folder of one index version: ``<data dir>/segments/<collection id>/v<number>`` on
         a local backend (an object store: its scratch folder)."""
-        return self._local_base() / self._index_prefix(collection_id, version_number)
+        return self._local_base() / self.index_prefix(collection_id, version_number)
 
     def index_files(self, collection_id: int, version_number: int) -> IndexFiles:
         """The files of one index version in ``storage``."""
         s = self.settings
         return IndexFiles(
             self.storage,
-            self._index_prefix(collection_id, version_number),
+            self.index_prefix(collection_id, version_number),
             scratch=self.index_root(collection_id, version_number),
             poll_s=s.storage_poll_seconds,
             lock_seconds=s.storage_lock_seconds,
@@ -137,7 +137,7 @@ class ServiceContext:
 
     def drop_index(self, collection_id: int, version_number: int | None = None) -> None:
         """Forget and delete an index version's files (or every version of a collection)."""
-        prefix = self._index_prefix(collection_id, version_number)
+        prefix = self.index_prefix(collection_id, version_number)
         folder = self._local_base() / prefix
         REGISTRY.drop_under(folder)
         self.storage.delete_prefix(prefix)

@@ -340,6 +340,7 @@ class IngestService:
                 self.ctx.index_root(version.collection_id, version.number),
                 version,
                 self.ctx.read_options,
+                index_prefix=self.ctx.index_prefix(version.collection_id, version.number),
             )
             reported = [0]
 

@@ -352,6 +352,7 @@ class RebuildService:
                     self.ctx.index_root(new.collection_id, new.number),
                     new,
                     self.ctx.read_options,
+                    index_prefix=self.ctx.index_prefix(new.collection_id, new.number),
                 ),
                 [DocumentTask(d, f, k) for d, f, k in missing],
                 ray_options(self.ctx.settings, address),

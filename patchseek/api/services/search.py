@@ -24,6 +24,7 @@ from patchseek.indexer.sources import read_image
 from patchseek.search.candidates import STAGE1_CHOICES
 from patchseek.search.engine import MEDIA_CODES, EngineHit, Filter
 from patchseek.search.retriever import SearchParams
+from patchseek.storage import StorageSpec
 
 
 @dataclass(frozen=True)
@@ -255,6 +256,8 @@ class SearchService:
                 stage1_k=params.stage1_k,
                 nprobe=params.nprobe,
                 flt=flt,
+                storage=StorageSpec.from_settings(self.ctx.settings),
+                prefix=self.ctx.index_prefix(version.collection_id, version.number),
             )
             result = sharded.result
             missing = tuple((m.shard, m.reason) for m in sharded.missing)
