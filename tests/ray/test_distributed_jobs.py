@@ -219,6 +219,28 @@ def test_ingest_on_the_cluster_reports_progress_fails_bad_files_alone_and_reruns
     assert units_of(ctx, "ray") == units_of(ctx, "local")
 
 
+def run_and_cancel_once_started(ctx: ServiceContext, service: IngestService, job_id: int) -> Job:
+    """Run ingest job ``job_id`` on the cluster and cancel it (as ``POST /v1/jobs/{id}/cancel`` does) once
+    its first pages are encoded."""
+
+    def cancel_once_started() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with ctx.db.session() as session:
+                row = session.get(Job, job_id)
+                if row is not None and row.units_done > 0:
+                    break
+            time.sleep(0.1)
+        JobService(ctx).cancel(job_id)
+
+    canceller = threading.Thread(target=cancel_once_started)
+    canceller.start()
+    try:
+        return service.run_job(job_id, ray_address="auto")
+    finally:
+        canceller.join()
+
+
 def test_cancelling_a_job_on_the_cluster_publishes_nothing(ctx, tmp_path) -> None:  # type: ignore[no-untyped-def]
     files = write_pdfs(tmp_path / "pdfs", n=40, pages=4)
     assert ingest(ctx, "c", files[:1]).status == "succeeded"
@@ -228,20 +250,7 @@ def test_cancelling_a_job_on_the_cluster_publishes_nothing(ctx, tmp_path) -> Non
     service = IngestService(ctx)
     job = service.submit("c", [(p.name, p.read_bytes()) for p in files[1:]], status="running")
 
-    def cancel_once_started() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            with ctx.db.session() as session:
-                row = session.get(Job, job.id)
-                if row is not None and row.units_done > 0:
-                    break
-            time.sleep(0.1)
-        JobService(ctx).cancel(job.id)
-
-    canceller = threading.Thread(target=cancel_once_started)
-    canceller.start()
-    done = service.run_job(job.id, ray_address="auto")
-    canceller.join()
+    done = run_and_cancel_once_started(ctx, service, job.id)
     assert done.status == "cancelled"
     assert 0 < done.units_done < 4 * 39  # it was cancelled mid-job
     # Nothing of the job is visible: same manifest, same units. The segments the driver saw are deleted;
@@ -456,20 +465,7 @@ def test_a_cancelled_job_with_the_data_on_s3_publishes_nothing(s3_ctx, s3_server
     service = IngestService(ctx)
     job = service.submit("c", [(p.name, p.read_bytes()) for p in files[1:]], status="running")
 
-    def cancel_once_started() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            with ctx.db.session() as session:
-                row = session.get(Job, job.id)
-                if row is not None and row.units_done > 0:
-                    break
-            time.sleep(0.1)
-        JobService(ctx).cancel(job.id)
-
-    canceller = threading.Thread(target=cancel_once_started)
-    canceller.start()
-    done = service.run_job(job.id, ray_address="auto")
-    canceller.join()
+    done = run_and_cancel_once_started(ctx, service, job.id)
     assert done.status == "cancelled"
     assert 0 < done.units_done < 4 * 39
     assert index.read_manifest().segments == manifest_before
