@@ -78,7 +78,7 @@ def summarize_units(
     if int(lengths.sum()) != vectors.shape[0]:
         raise InvalidInputError("lengths must add up to the number of rows")
     if workers > 1 and lengths.size >= PARALLEL_MIN_UNITS:
-        return SummaryPool.shared(workers).summarize(vectors, lengths, n_rows)
+        return SummaryPool(workers).summarize(vectors, lengths, n_rows)
     return _summarize_serial(vectors, lengths, n_rows)
 
 
@@ -111,6 +111,9 @@ def default_index_workers() -> int:
     return max(1, min(8, n))
 
 
+_POOL_LOCK = threading.Lock()  # loky's reusable executor is one per process: one resize at a time
+
+
 class SummaryPool:
     """Ward summaries of a batch's units split across ``workers`` processes: this one and
     ``workers - 1`` pool processes, each given a contiguous run of units with about the same rows.
@@ -127,10 +130,6 @@ class SummaryPool:
     def __init__(self, workers: int) -> None:
         self.workers = max(1, int(workers))
 
-    @classmethod
-    def shared(cls, workers: int) -> SummaryPool:
-        return cls(workers)
-
     def summarize(self, vectors: np.ndarray, lengths: np.ndarray, n_rows: int) -> np.ndarray:
         """Like ``summarize_units`` (the same array), with the units shared among the processes."""
         from joblib.externals.loky import get_reusable_executor
@@ -145,7 +144,7 @@ class SummaryPool:
             return np.asarray(vectors[starts[a] : starts[b]]), lengths[a:b]
 
         futures: list[Future[np.ndarray] | None] = []
-        with _POOL_LOCK:  # one resize at a time: the executor is process-wide
+        with _POOL_LOCK:
             executor = get_reusable_executor(max_workers=self.workers - 1, timeout=self.IDLE_S)
             for a, b in runs[:-1]:
                 try:
@@ -164,9 +163,6 @@ class SummaryPool:
                 out.append(_summarize_serial(*part(a, b), n_rows))
         out.append(own)
         return np.concatenate(out)
-
-
-_POOL_LOCK = threading.Lock()
 
 
 class DenseCandidateGenerator(CandidateGenerator):

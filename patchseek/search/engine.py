@@ -912,12 +912,15 @@ class Snapshot:
         t0 = time.perf_counter()
         exact = np.empty(best.size, dtype=np.float32)
         seg_of, unit_of = best >> 32, best & 0xFFFFFFFF
+        groups = [
+            (self.readers[int(np.searchsorted(self.positions, p))], np.flatnonzero(seg_of == p))
+            for p in np.unique(seg_of).tolist()
+        ]
         if plan is None or not plan.resident:  # the candidates' rows of every segment load in parallel
-            for p in np.unique(seg_of).tolist():
-                self.readers[int(np.searchsorted(self.positions, p))].prefetch(unit_of[seg_of == p])
-        for p in np.unique(seg_of).tolist():
-            sel = np.flatnonzero(seg_of == p)
-            exact[sel] = self.readers[int(np.searchsorted(self.positions, p))].exact(q, unit_of[sel], plan)
+            for r, sel in groups:
+                r.prefetch(unit_of[sel])
+        for r, sel in groups:
+            exact[sel] = r.exact(q, unit_of[sel], plan)
         timings["stage3"] = (time.perf_counter() - t0) * 1000
         return out(best, best_scores, exact, n1)
 
